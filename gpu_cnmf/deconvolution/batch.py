@@ -1,0 +1,228 @@
+"""Batched deconvolution of many traces: ``deconvolve_batch``.
+
+The sequential OASIS pass runs once per trace: a CUDA kernel (one thread per
+trace, ``kernels/oasis.cu``) for CUDA tensors, the numba twin (one trace per
+core) otherwise. What is not sequential (noise, AR coefficients, the initial
+baseline, refining g) is torch code shared by both devices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ParameterError
+from . import oasis_cpu
+from .ar import check_ar_params, time_constants
+from .noise import _as_2d_tensor, check_noise_params, psd_noise
+
+# Quantile of the trace used as the first guess of a free baseline: below the
+# median because transients only add to the baseline.
+BASELINE_QUANTILE = 0.15
+DEFAULT_MAX_ITER = 50
+
+
+@dataclass
+class DeconvResult:
+    """Result of :func:`deconvolve_batch`; unpacks as ``C, S, bl, c1, g, sn``.
+
+    C : (N, T) denoised calcium (baseline removed); S : (N, T) spikes
+    (S[:, 0] = 0, the initial calcium is c1); bl : (N,) baseline; c1 : (N,)
+    calcium at the first frame; g : (N, p) AR coefficients used; sn : (N,)
+    noise std used; lam : (N,) final sparsity penalty (0 for a thresholded
+    s_min run); s_min : (N,) threshold used (0 without one).
+    """
+    C: object
+    S: object
+    bl: object
+    c1: object
+    g: object
+    sn: object
+    lam: object = None
+    s_min: object = None
+
+    def __iter__(self):
+        return iter((self.C, self.S, self.bl, self.c1, self.g, self.sn))
+
+
+def _check_params(p, s_min, bas_nonneg, optimize_g, noise_range, noise_method, lags, fudge_factor):
+    check_ar_params(p, lags, fudge_factor)
+    check_noise_params(noise_range, noise_method)
+    if s_min is not None:
+        try:
+            float(s_min)
+        except (TypeError, ValueError):
+            raise ParameterError(f"s_min: expected None or a float, got {s_min!r}")
+    if not isinstance(bas_nonneg, (bool, np.bool_)):
+        raise ParameterError(f"bas_nonneg: expected a bool, got {bas_nonneg!r}")
+    if isinstance(optimize_g, bool) or optimize_g is None:
+        return
+    if int(optimize_g) != optimize_g or optimize_g < 0:
+        raise ParameterError(f"optimize_g: expected a bool or a number of events >= 0, got {optimize_g!r}")
+
+
+def _per_trace(x, N, device, name):
+    t = torch.as_tensor(x, device=device).to(torch.float64).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(N).clone()
+    if t.numel() != N:
+        raise ParameterError(f"{name}: expected a scalar or {N} values, got {t.numel()}")
+    return t
+
+
+def _g_matrix(g, p, N, device):
+    """(N, 2) float64 (g1, g2) from None-free user input of AR order p."""
+    G = torch.zeros((N, 2), dtype=torch.float64, device=device)
+    if p == 0:
+        return G
+    gt = torch.as_tensor(g, device=device).to(torch.float64)
+    if gt.ndim <= 1:
+        gt = gt.reshape(1, -1).expand(N, -1)
+    if gt.shape != (N, p):
+        raise ParameterError(f"g: expected {p} AR coefficient(s) per trace (shape ({p},) or ({N}, {p})), "
+                             f"got shape {tuple(gt.shape)}")
+    G[:, :p] = gt
+    return G
+
+
+def run_oasis(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter=DEFAULT_MAX_ITER):
+    """Dispatch the per-trace solver: CUDA kernel for cuda tensors, numba twin
+    otherwise. Returns C, S (N, T) float32 and info (N, 5) float64 on Y's device."""
+    if Y.device.type == "cuda":
+        from .oasis_gpu import oasis_batch_cuda
+        return oasis_batch_cuda(Y, G, sn, b0, b_free, bmin, mode, smin, max_iter)
+    y = Y.detach().contiguous().numpy()
+    if y.dtype not in (np.float32, np.float64):
+        y = y.astype(np.float32)
+    N, T = y.shape
+    C = np.empty((N, T), np.float32)
+    S = np.empty((N, T), np.float32)
+    info = np.empty((N, 5), np.float64)
+    oasis_cpu.oasis_batch(y, G.numpy(), sn.numpy(), b0.numpy(), bool(b_free), bmin.numpy(),
+                          int(mode), smin.numpy(), int(max_iter), C, S, info)
+    return torch.from_numpy(C), torch.from_numpy(S), torch.from_numpy(info)
+
+
+def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optimize_g=False,
+                     noise_range=(0.25, 0.5), noise_method="mean", lags=5, fudge_factor=0.96,
+                     *, bl=None, max_iter=DEFAULT_MAX_ITER):
+    """Deconvolve many calcium traces at once with OASIS (noise-constrained).
+
+    For each trace y, finds calcium c (AR(p) dynamics), spikes s >= 0 and a
+    baseline b minimising ||s||_1 subject to ||y - c - b||^2 = sn^2 T.
+
+    Parameters
+    ----------
+    Y : ndarray or tensor, (N, T) or (T,)
+        Traces in rows. Results come back as the same kind (numpy, or torch
+        on Y's device); CUDA tensors run on the GPU kernel.
+    p : {0, 1, 2}
+        AR order of the calcium dynamics (0: no dynamics, soft threshold).
+    g : array (p,) or (N, p), optional
+        AR coefficients; estimated per trace from the autocovariance when None.
+    sn : float or array (N,), optional
+        Noise std; estimated from the PSD when None.
+    s_min : float, optional
+        None: L1 penalty tuned to the noise. > 0: every spike is 0 or >= s_min
+        (lam = 0). < 0: threshold |s_min| * sn * sqrt(1 - sum(g)). 0: the
+        largest threshold that keeps ||y - c - b||^2 <= sn^2 T.
+    bas_nonneg : bool
+        Baseline b >= 0 if True, else b >= min(y).
+    optimize_g : bool or int
+        Re-estimate g by fitting the decays of the inferred events (True: all
+        events, int k: the k largest), then deconvolve again with it.
+    noise_range, noise_method, lags, fudge_factor
+        Used to estimate sn and g when not given (see :func:`estimate_noise`,
+        :func:`estimate_time_constant`).
+    bl : float or array (N,), keyword-only, optional
+        A known baseline (not estimated).
+    max_iter : int, keyword-only
+        Most (lam, b) updates per trace.
+
+    Returns
+    -------
+    DeconvResult
+        ``C, S, bl, c1, g, sn`` (plus ``lam`` and ``s_min`` attributes).
+    """
+    _check_params(p, s_min, bas_nonneg, optimize_g, noise_range, noise_method, lags, fudge_factor)
+    t, is_numpy = _as_2d_tensor(Y)
+    squeeze = (np.ndim(Y) == 1) if is_numpy else (Y.ndim == 1)
+    if not torch.isfinite(t).all():
+        raise ParameterError("Y: traces contain NaN or inf values")
+    N, T = t.shape
+    if T < 8:
+        raise ParameterError(f"Y: at least 8 time points are needed, got {T}")
+    dev = t.device
+    if sn is None:
+        sn_t = psd_noise(t, noise_range, noise_method).to(torch.float64)
+    else:
+        sn_t = _per_trace(sn, N, dev, "sn")
+        if (sn_t < 0).any():
+            raise ParameterError("sn: noise levels must be >= 0")
+    if g is None:
+        G = _g_matrix(time_constants(t, p, sn_t, lags, fudge_factor) if p else None, p, N, dev)
+    else:
+        G = _g_matrix(g, p, N, dev)
+    if p and not _stable(G).all():
+        raise ParameterError(f"g: AR coefficients must describe a stable decay (roots in [0, 1)), got {g!r}")
+    t32 = t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
+    bmin = (torch.zeros(N, dtype=torch.float64, device=dev) if bas_nonneg
+            else t32.min(dim=1).values.to(torch.float64))
+    if bl is None:
+        b_free = True
+        # selection, not a sort: kthvalue is O(T) per trace
+        k = max(1, int(BASELINE_QUANTILE * T))
+        b0 = torch.kthvalue(t32, k, dim=1).values.to(torch.float64)
+        b0 = torch.maximum(b0, bmin)
+    else:
+        b_free = False
+        b0 = _per_trace(bl, N, dev, "bl")
+    mode, smin = _threshold(s_min, sn_t, G, N, dev)
+    C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter)
+    if optimize_g and p:
+        from .refine import N_ROUNDS, refine_g
+        for _ in range(N_ROUNDS):
+            G = refine_g(t32, S, info[:, 0], G, p, None if optimize_g is True else int(optimize_g))
+            mode, smin = _threshold(s_min, sn_t, G, N, dev)
+            C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter)
+    S[:, 0] = 0
+    res = DeconvResult(C=C, S=S, bl=info[:, 0].to(torch.float32), c1=info[:, 2].to(torch.float32),
+                       g=G[:, :p].to(torch.float32), sn=sn_t.to(torch.float32),
+                       lam=info[:, 1].to(torch.float32), s_min=info[:, 4].to(torch.float32))
+    return _deliver(res, is_numpy, squeeze, t.dtype)
+
+
+def _stable(G):
+    """True where the AR polynomial's roots lie inside the unit circle
+    (and, for real roots, the dominant one is a decay in [0, 1))."""
+    g1, g2 = G[:, 0], G[:, 1]
+    disc = g1 * g1 + 4 * g2
+    sq = disc.clamp_min(0).sqrt()
+    real_ok = ((g1 + sq) / 2 < 1) & ((g1 + sq) / 2 >= 0) & ((g1 - sq) / 2 > -1)
+    return torch.where(disc >= 0, real_ok, -g2 < 1)
+
+
+def _threshold(s_min, sn, G, N, dev):
+    """Mode and per-trace threshold from CaImAn's s_min convention."""
+    if s_min is None:
+        return oasis_cpu.MODE_L1, torch.zeros(N, dtype=torch.float64, device=dev)
+    s_min = float(s_min)
+    if s_min == 0:
+        return oasis_cpu.MODE_AUTO, torch.zeros(N, dtype=torch.float64, device=dev)
+    if s_min > 0:
+        return oasis_cpu.MODE_THRESH, torch.full((N,), s_min, dtype=torch.float64, device=dev)
+    scale = (1 - G[:, 0] - G[:, 1]).clamp_min(0).sqrt()
+    return oasis_cpu.MODE_THRESH, -s_min * sn * scale
+
+
+def _deliver(res, is_numpy, squeeze, dtype):
+    out = {}
+    for name in ("C", "S", "bl", "c1", "g", "sn", "lam", "s_min"):
+        v = getattr(res, name)
+        if name in ("C", "S") and dtype == torch.float64:
+            v = v.to(torch.float64)
+        if squeeze:
+            v = v[0]
+        out[name] = v.cpu().numpy() if is_numpy else v
+    return DeconvResult(**out)

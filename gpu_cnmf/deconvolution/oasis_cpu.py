@@ -1,0 +1,338 @@
+"""OASIS for AR(1) and AR(2) calcium, one trace per thread: the CPU twin.
+
+The compiled CUDA kernel ``kernels/oasis.cu`` runs the same functions step
+for step (same names, same order of operations); change both together.
+
+Algorithm (Friedrich, Zhou & Paninski 2017, "Fast online deconvolution of
+calcium imaging data"). The calcium between two spikes follows the AR
+dynamics, so c is a sequence of *pools*: pool j starts at time t_j with value
+v_j and lasts l_j frames, c_{t_j+k} = v_j h_k + g2 u_j h_{k-1}, where h is the
+AR impulse response (h_0 = 1, h_1 = g1, h_k = g1 h_{k-1} + g2 h_{k-2}) and u_j
+is the calcium just before the pool (for AR(1), g2 = 0 and h_k = g1**k).
+Given the pools, v_j is a least-squares fit to y' = y - b - lam * a, with a
+the weight of each c_t in sum(s) (the L1 penalty). Pools are pushed one frame
+at a time; while the newest pool would need a negative spike (or one smaller
+than a threshold s_min) at its start, it is merged into the previous one.
+Pool sums S_j = sum_k h_k y_{t_j+k} are kept so a merge does not revisit the
+whole pool.
+
+The constrained problem min ||s||_1 s.t. ||y - b - c||^2 = sn^2 T (and, with
+a free baseline, sum(y - b - c) = 0) is solved for lam and b: with the pools
+fixed, c is affine in (lam, b), so both equations are solved exactly (one
+quadratic); the pools are then updated with the new lam and b and merged where
+needed (warm start, no pass over the frames), and this repeats until the
+residual is on target. Variants: s_min > 0 thresholds the spike sizes
+(lam = 0, merge while a spike < s_min), and an automatic s_min is found by
+bisection as the largest threshold that keeps the residual within sn^2 T.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+MODE_L1 = 0        # noise-constrained L1 (lam found from sn)
+MODE_THRESH = 1    # s_min given: thresholded spikes, lam = 0
+MODE_AUTO = 2      # s_min = 0: largest threshold with RSS <= sn^2 T
+
+H_FLOOR = 1e-12    # impulse-response entries below this (relative) are treated as 0
+RSS_TOL = 1e-4     # relative tolerance on the residual target
+N_BISECT = 24      # bisection steps of the automatic threshold
+
+
+@njit(cache=True, inline="always")
+def _kernel_fill(g1, g2, T, h, H1, H2, P):
+    """Impulse response h and prefix sums H1 = sum h, H2 = sum h^2,
+    P = sum h_k h_{k-1}; returns the length beyond which h is 0."""
+    h[0] = 1.0
+    hlen = 1
+    for k in range(1, T):
+        v = g1 * h[k - 1]
+        if k >= 2:
+            v += g2 * h[k - 2]
+        if abs(v) < H_FLOOR:
+            v = 0.0
+        h[k] = v
+        if v != 0.0:
+            hlen = k + 1
+    H1[0] = 0.0
+    H2[0] = 0.0
+    P[0] = 0.0
+    for k in range(T):
+        H1[k + 1] = H1[k] + h[k]
+        H2[k + 1] = H2[k] + h[k] * h[k]
+        P[k + 1] = P[k] + (h[k] * h[k - 1] if k >= 1 else 0.0)
+    return hlen
+
+
+@njit(cache=True, inline="always")
+def _penalty_sum(t, l, T, g1, g2, h, H1):
+    """sum_k h_k a_{t+k}: a = 1 - g1 - g2 except a_{T-2} = 1 - g1, a_{T-1} = 1."""
+    v = (1.0 - g1 - g2) * H1[l]
+    if t <= T - 2 and T - 2 < t + l:
+        v += g2 * h[T - 2 - t]
+    if T - 1 < t + l:
+        v += (g1 + g2) * h[T - 1 - t]
+    return v
+
+
+@njit(cache=True, inline="always")
+def _cval(v, u, k, g2, h):
+    """Calcium at offset k >= 0 of a pool with value v and preceding calcium u."""
+    if k >= 1:
+        return v * h[k] + g2 * u * h[k - 1]
+    return v
+
+
+@njit(cache=True, inline="always")
+def _veff(j, pv):
+    # Only the first pool can hold a negative fit (later pools cannot be
+    # smaller than the decay of their predecessor); c >= 0 clamps it at 0.
+    if j == 0 and pv[0] < 0.0:
+        return 0.0
+    return pv[j]
+
+
+@njit(cache=True)
+def _consolidate(n_in, y, T, g1, g2, lam, b, thr, h, H1, H2, P, hlen, pt, pl, pS, pv, pu):
+    """Merge pass over pools 0..n_in-1 (in place, in time order); returns the
+    number of pools. Pools come either as single frames (a fresh run) or from
+    the previous (lam, b) (warm start)."""
+    j = -1
+    for i in range(n_in):
+        j += 1
+        pt[j] = pt[i]
+        pl[j] = pl[i]
+        pS[j] = pS[i]
+        while True:
+            u = 0.0
+            uu = 0.0
+            if j > 0:
+                ve = _veff(j - 1, pv)
+                lp = pl[j - 1]
+                u = _cval(ve, pu[j - 1], lp - 1, g2, h)
+                if lp >= 2:
+                    uu = _cval(ve, pu[j - 1], lp - 2, g2, h)
+                else:
+                    uu = pu[j - 1]
+            pu[j] = u
+            l = pl[j]
+            pv[j] = (pS[j] - b * H1[l] - lam * _penalty_sum(pt[j], l, T, g1, g2, h, H1)
+                     - g2 * u * P[l]) / H2[l]
+            if j == 0:
+                break
+            s = pv[j] - g1 * u - g2 * uu
+            if s >= thr and not (thr == 0.0 and s < 0.0):
+                break
+            # merge pool j into j - 1
+            l1 = pl[j - 1]
+            if g2 == 0.0:
+                if l1 < hlen:
+                    pS[j - 1] += h[l1] * pS[j]
+            else:
+                t2 = pt[j]
+                for k in range(pl[j]):
+                    if l1 + k >= hlen:
+                        break
+                    pS[j - 1] += h[l1 + k] * y[t2 + k]
+            pl[j - 1] = l1 + pl[j]
+            j -= 1
+    return j + 1
+
+
+@njit(cache=True)
+def _singletons(y, T, pt, pl, pS):
+    for i in range(T):
+        pt[i] = i
+        pl[i] = 1
+        pS[i] = y[i]
+    return T
+
+
+@njit(cache=True)
+def _rss(n, y, T, b, g2, h, pt, pl, pv, pu):
+    out = 0.0
+    for j in range(n):
+        ve = _veff(j, pv)
+        for k in range(pl[j]):
+            r = y[pt[j] + k] - b - _cval(ve, pu[j], k, g2, h)
+            out += r * r
+    return out
+
+
+@njit(cache=True)
+def _linearize(n, y, T, g1, g2, b, h, H1, H2, P, pt, pl, pv, pu, acc):
+    """Residual r = y - b - c and its derivatives along lam (q1 = -dc/dlam)
+    and b (q2 = 1 + dc/db) with the pools fixed; the nine sums land in acc:
+    R, RR, Rq1, Rq2, Q11, Q12, Q22, S1, S2."""
+    for i in range(9):
+        acc[i] = 0.0
+    DuA = 0.0
+    DuB = 0.0
+    for j in range(n):
+        t = pt[j]
+        l = pl[j]
+        ve = _veff(j, pv)
+        u = pu[j]
+        if j == 0 and pv[0] < 0.0:
+            DvA = 0.0
+            DvB = 0.0
+        else:
+            DvA = (_penalty_sum(t, l, T, g1, g2, h, H1) - g2 * P[l] * DuA) / H2[l]
+            DvB = (H1[l] - g2 * P[l] * DuB) / H2[l]
+        q1 = 0.0
+        dB = 0.0
+        for k in range(l):
+            hk = h[k]
+            hk1 = h[k - 1] if k >= 1 else 0.0
+            c = ve * hk + g2 * u * hk1
+            q1 = DvA * hk + g2 * DuA * hk1
+            dB = DvB * hk + g2 * DuB * hk1
+            r = y[t + k] - b - c
+            q2 = 1.0 - dB
+            acc[0] += r
+            acc[1] += r * r
+            acc[2] += r * q1
+            acc[3] += r * q2
+            acc[4] += q1 * q1
+            acc[5] += q1 * q2
+            acc[6] += q2 * q2
+            acc[7] += q1
+            acc[8] += q2
+        DuA = q1
+        DuB = dB
+
+
+@njit(cache=True, inline="always")
+def _quad_root(A, B, C):
+    """Larger root of A x^2 + 2 B x + C = 0, or the minimiser -B/A without one."""
+    if A <= 0.0:
+        return 0.0
+    disc = B * B - A * C
+    if disc < 0.0:
+        return -B / A
+    return (-B + np.sqrt(disc)) / A
+
+
+@njit(cache=True)
+def _solve_trace(y, T, g1, g2, sn, b, b_free, bmin, mode, smin, maxiter,
+                 h, H1, H2, P, pt, pl, pS, pv, pu, acc, c_out, s_out, info):
+    """Deconvolve one trace; writes c_out, s_out and info = (b, lam, c1, iters)."""
+    hlen = _kernel_fill(g1, g2, T, h, H1, H2, P)
+    thresh = sn * sn * T
+    lam = 0.0
+    n = _singletons(y, T, pt, pl, pS)
+    n = _consolidate(n, y, T, g1, g2, lam, b, 0.0, h, H1, H2, P, hlen, pt, pl, pS, pv, pu)
+    it = 0
+    while it < maxiter:
+        _linearize(n, y, T, g1, g2, b, h, H1, H2, P, pt, pl, pv, pu, acc)
+        R = acc[0]
+        RR = acc[1]
+        Rq1 = acc[2]
+        Rq2 = acc[3]
+        Q11 = acc[4]
+        Q12 = acc[5]
+        Q22 = acc[6]
+        S1 = acc[7]
+        S2 = acc[8]
+        # The baseline is left alone on the first step: with tiny pools
+        # (lam = 0) c can absorb any offset and the b equation is singular.
+        use_b = b_free and it > 0 and S2 > 1e-3 * T
+        done_rss = abs(RR - thresh) <= RSS_TOL * thresh or (lam == 0.0 and RR > thresh)
+        done_b = (not use_b) or abs(R) <= RSS_TOL * np.sqrt(thresh * T) + 1e-12
+        if it > 0 and done_rss and done_b:
+            break
+        db = 0.0
+        if use_b:
+            m = R / S2
+            f = S1 / S2
+            A = Q11 - 2.0 * f * Q12 + f * f * Q22
+            B = Rq1 - f * Rq2 - m * Q12 + m * f * Q22
+            C = RR - 2.0 * m * Rq2 + m * m * Q22 - thresh
+            dl = _quad_root(A, B, C)
+            if lam + dl < 0.0:
+                dl = -lam
+            db = (R + dl * S1) / S2
+            if b + db < bmin:
+                db = bmin - b
+                use_b = False
+        if not use_b:
+            C = RR - 2.0 * db * Rq2 + db * db * Q22 - thresh
+            dl = _quad_root(Q11, Rq1 - db * Q12, C)
+            if lam + dl < 0.0:
+                dl = -lam
+        lam += dl
+        b += db
+        it += 1
+        n = _consolidate(n, y, T, g1, g2, lam, b, 0.0, h, H1, H2, P, hlen, pt, pl, pS, pv, pu)
+    if mode == MODE_THRESH:
+        lam = 0.0
+        n = _singletons(y, T, pt, pl, pS)
+        n = _consolidate(n, y, T, g1, g2, 0.0, b, smin, h, H1, H2, P, hlen, pt, pl, pS, pv, pu)
+    elif mode == MODE_AUTO:
+        lam = 0.0
+        lo = 0.0
+        hi = 0.0
+        for t in range(T):
+            if y[t] - b > hi:
+                hi = y[t] - b
+        for _ in range(N_BISECT):
+            mid = 0.5 * (lo + hi)
+            n = _singletons(y, T, pt, pl, pS)
+            n = _consolidate(n, y, T, g1, g2, 0.0, b, mid, h, H1, H2, P, hlen, pt, pl, pS, pv, pu)
+            if _rss(n, y, T, b, g2, h, pt, pl, pv, pu) <= thresh:
+                lo = mid
+            else:
+                hi = mid
+        smin = lo
+        n = _singletons(y, T, pt, pl, pS)
+        n = _consolidate(n, y, T, g1, g2, 0.0, b, lo, h, H1, H2, P, hlen, pt, pl, pS, pv, pu)
+    # write out calcium and spikes (spikes only at pool starts after the first)
+    for j in range(n):
+        ve = _veff(j, pv)
+        t = pt[j]
+        for k in range(pl[j]):
+            c_out[t + k] = _cval(ve, pu[j], k, g2, h)
+            s_out[t + k] = 0.0
+        if j > 0:
+            lp = pl[j - 1]
+            vp = _veff(j - 1, pv)
+            uu = _cval(vp, pu[j - 1], lp - 2, g2, h) if lp >= 2 else pu[j - 1]
+            s_out[t] = pv[j] - g1 * pu[j] - g2 * uu
+    info[0] = b
+    info[1] = lam
+    info[2] = c_out[0]
+    info[3] = it
+    info[4] = smin
+
+
+@njit(parallel=True, cache=True)
+def oasis_batch(Y, g, sn, b0, b_free, bmin, mode, smin, maxiter, C, S, info):
+    """Deconvolve each row of Y (N, T) in parallel (one trace per thread).
+
+    g (N, 2) holds (g1, g2) with g2 = 0 for AR(1); b0 the initial (or fixed)
+    baseline, bmin its lower bound, smin the per-trace threshold (MODE_THRESH).
+    Writes C, S (N, T) and info (N, 5) = (b, lam, c1, iterations, s_min used).
+    """
+    N, T = Y.shape
+    for i in prange(N):
+        y = Y[i].astype(np.float64)
+        h = np.empty(T)
+        H1 = np.empty(T + 1)
+        H2 = np.empty(T + 1)
+        P = np.empty(T + 1)
+        pt = np.empty(T, np.int32)
+        pl = np.empty(T, np.int32)
+        pS = np.empty(T)
+        pv = np.empty(T)
+        pu = np.empty(T)
+        acc = np.empty(9)
+        c = np.empty(T)
+        s = np.empty(T)
+        row = np.empty(5)
+        _solve_trace(y, T, g[i, 0], g[i, 1], sn[i], b0[i], b_free, bmin[i], mode, smin[i],
+                     maxiter, h, H1, H2, P, pt, pl, pS, pv, pu, acc, c, s, row)
+        for t in range(T):
+            C[i, t] = c[t]
+            S[i, t] = s[t]
+        for k in range(5):
+            info[i, k] = row[k]

@@ -1,0 +1,326 @@
+// OASIS deconvolution for AR(1) / AR(2) calcium, one thread per trace.
+//
+// Step-for-step port of gpu_cnmf/deconvolution/oasis_cpu.py (the numba CPU
+// twin): same functions, same order of operations; change both together.
+// See that module's docstring for the algorithm (Friedrich, Zhou & Paninski
+// 2017). Work is in double precision.
+//
+// Layout: traces are columns. Y, C, S are (T, N) row-major, so the threads
+// of a warp read consecutive addresses at the same frame. Each thread owns a
+// column of the scratch arrays, interleaved the same way: element k of the
+// thread's array lives at [k * ns + i] where ns is the number of threads
+// (traces) in the launch.
+
+#define MODE_L1 0
+#define MODE_THRESH 1
+#define MODE_AUTO 2
+#define H_FLOOR 1e-12
+#define RSS_TOL 1e-4
+#define N_BISECT 24
+
+struct Scratch {
+    double *h, *H1, *H2, *P;      // impulse response and its prefix sums
+    int *pt, *pl;                  // pool start and length
+    double *pS, *pv, *pu;          // pool sum of h_k y, value, preceding calcium
+    long long ns;                  // stride between consecutive elements
+};
+
+#define AT(a, k) (a[(long long)(k) * sc.ns])
+#define YAT(k) (y[(long long)(k) * ystride])
+
+__device__ int kernel_fill(double g1, double g2, int T, const Scratch &sc) {
+    AT(sc.h, 0) = 1.0;
+    int hlen = 1;
+    for (int k = 1; k < T; ++k) {
+        double v = g1 * AT(sc.h, k - 1);
+        if (k >= 2) v += g2 * AT(sc.h, k - 2);
+        if (fabs(v) < H_FLOOR) v = 0.0;
+        AT(sc.h, k) = v;
+        if (v != 0.0) hlen = k + 1;
+    }
+    AT(sc.H1, 0) = 0.0;
+    AT(sc.H2, 0) = 0.0;
+    AT(sc.P, 0) = 0.0;
+    for (int k = 0; k < T; ++k) {
+        double hk = AT(sc.h, k);
+        AT(sc.H1, k + 1) = AT(sc.H1, k) + hk;
+        AT(sc.H2, k + 1) = AT(sc.H2, k) + hk * hk;
+        AT(sc.P, k + 1) = AT(sc.P, k) + (k >= 1 ? hk * AT(sc.h, k - 1) : 0.0);
+    }
+    return hlen;
+}
+
+__device__ __forceinline__ double penalty_sum(int t, int l, int T, double g1, double g2,
+                                              const Scratch &sc) {
+    double v = (1.0 - g1 - g2) * AT(sc.H1, l);
+    if (t <= T - 2 && T - 2 < t + l) v += g2 * AT(sc.h, T - 2 - t);
+    if (T - 1 < t + l) v += (g1 + g2) * AT(sc.h, T - 1 - t);
+    return v;
+}
+
+__device__ __forceinline__ double cval(double v, double u, int k, double g2, const Scratch &sc) {
+    if (k >= 1) return v * AT(sc.h, k) + g2 * u * AT(sc.h, k - 1);
+    return v;
+}
+
+__device__ __forceinline__ double veff(int j, const Scratch &sc) {
+    double v = AT(sc.pv, j);
+    if (j == 0 && v < 0.0) return 0.0;
+    return v;
+}
+
+template <typename F>
+__device__ int consolidate(int n_in, const F *y, long long ystride, int T, double g1, double g2,
+                           double lam, double b, double thr, int hlen, const Scratch &sc) {
+    int j = -1;
+    for (int i = 0; i < n_in; ++i) {
+        j += 1;
+        AT(sc.pt, j) = AT(sc.pt, i);
+        AT(sc.pl, j) = AT(sc.pl, i);
+        AT(sc.pS, j) = AT(sc.pS, i);
+        while (true) {
+            double u = 0.0, uu = 0.0;
+            if (j > 0) {
+                double ve = veff(j - 1, sc);
+                int lp = AT(sc.pl, j - 1);
+                u = cval(ve, AT(sc.pu, j - 1), lp - 1, g2, sc);
+                if (lp >= 2) uu = cval(ve, AT(sc.pu, j - 1), lp - 2, g2, sc);
+                else uu = AT(sc.pu, j - 1);
+            }
+            AT(sc.pu, j) = u;
+            int l = AT(sc.pl, j);
+            AT(sc.pv, j) = (AT(sc.pS, j) - b * AT(sc.H1, l)
+                            - lam * penalty_sum(AT(sc.pt, j), l, T, g1, g2, sc)
+                            - g2 * u * AT(sc.P, l)) / AT(sc.H2, l);
+            if (j == 0) break;
+            double s = AT(sc.pv, j) - g1 * u - g2 * uu;
+            if (s >= thr && !(thr == 0.0 && s < 0.0)) break;
+            // merge pool j into j - 1
+            int l1 = AT(sc.pl, j - 1);
+            if (g2 == 0.0) {
+                if (l1 < hlen) AT(sc.pS, j - 1) += AT(sc.h, l1) * AT(sc.pS, j);
+            } else {
+                int t2 = AT(sc.pt, j);
+                int lj = AT(sc.pl, j);
+                for (int k = 0; k < lj; ++k) {
+                    if (l1 + k >= hlen) break;
+                    AT(sc.pS, j - 1) += AT(sc.h, l1 + k) * (double)YAT(t2 + k);
+                }
+            }
+            AT(sc.pl, j - 1) = l1 + AT(sc.pl, j);
+            j -= 1;
+        }
+    }
+    return j + 1;
+}
+
+template <typename F>
+__device__ int singletons(const F *y, long long ystride, int T, const Scratch &sc) {
+    for (int i = 0; i < T; ++i) {
+        AT(sc.pt, i) = i;
+        AT(sc.pl, i) = 1;
+        AT(sc.pS, i) = (double)YAT(i);
+    }
+    return T;
+}
+
+template <typename F>
+__device__ double rss(int n, const F *y, long long ystride, double b, double g2, const Scratch &sc) {
+    double out = 0.0;
+    for (int j = 0; j < n; ++j) {
+        double ve = veff(j, sc);
+        int t = AT(sc.pt, j), l = AT(sc.pl, j);
+        double u = AT(sc.pu, j);
+        for (int k = 0; k < l; ++k) {
+            double r = (double)YAT(t + k) - b - cval(ve, u, k, g2, sc);
+            out += r * r;
+        }
+    }
+    return out;
+}
+
+template <typename F>
+__device__ void linearize(int n, const F *y, long long ystride, int T, double g1, double g2,
+                          double b, const Scratch &sc, double *acc) {
+    for (int i = 0; i < 9; ++i) acc[i] = 0.0;
+    double DuA = 0.0, DuB = 0.0;
+    for (int j = 0; j < n; ++j) {
+        int t = AT(sc.pt, j), l = AT(sc.pl, j);
+        double ve = veff(j, sc);
+        double u = AT(sc.pu, j);
+        double DvA, DvB;
+        if (j == 0 && AT(sc.pv, 0) < 0.0) {
+            DvA = 0.0;
+            DvB = 0.0;
+        } else {
+            DvA = (penalty_sum(t, l, T, g1, g2, sc) - g2 * AT(sc.P, l) * DuA) / AT(sc.H2, l);
+            DvB = (AT(sc.H1, l) - g2 * AT(sc.P, l) * DuB) / AT(sc.H2, l);
+        }
+        double q1 = 0.0, dB = 0.0;
+        for (int k = 0; k < l; ++k) {
+            double hk = AT(sc.h, k);
+            double hk1 = k >= 1 ? AT(sc.h, k - 1) : 0.0;
+            double c = ve * hk + g2 * u * hk1;
+            q1 = DvA * hk + g2 * DuA * hk1;
+            dB = DvB * hk + g2 * DuB * hk1;
+            double r = (double)YAT(t + k) - b - c;
+            double q2 = 1.0 - dB;
+            acc[0] += r;
+            acc[1] += r * r;
+            acc[2] += r * q1;
+            acc[3] += r * q2;
+            acc[4] += q1 * q1;
+            acc[5] += q1 * q2;
+            acc[6] += q2 * q2;
+            acc[7] += q1;
+            acc[8] += q2;
+        }
+        DuA = q1;
+        DuB = dB;
+    }
+}
+
+__device__ __forceinline__ double quad_root(double A, double B, double C) {
+    if (A <= 0.0) return 0.0;
+    double disc = B * B - A * C;
+    if (disc < 0.0) return -B / A;
+    return (-B + sqrt(disc)) / A;
+}
+
+template <typename F>
+__device__ void solve_trace(const F *y, long long ystride, int T, double g1, double g2, double sn,
+                            double b, bool b_free, double bmin, int mode, double smin, int maxiter,
+                            const Scratch &sc, float *c_out, float *s_out, long long ostride,
+                            double *info) {
+    int hlen = kernel_fill(g1, g2, T, sc);
+    double thresh = sn * sn * T;
+    double lam = 0.0;
+    double acc[9];
+    int n = singletons(y, ystride, T, sc);
+    n = consolidate(n, y, ystride, T, g1, g2, lam, b, 0.0, hlen, sc);
+    int it = 0;
+    while (it < maxiter) {
+        linearize(n, y, ystride, T, g1, g2, b, sc, acc);
+        double R = acc[0], RR = acc[1], Rq1 = acc[2], Rq2 = acc[3], Q11 = acc[4];
+        double Q12 = acc[5], Q22 = acc[6], S1 = acc[7], S2 = acc[8];
+        bool use_b = b_free && it > 0 && S2 > 1e-3 * T;
+        bool done_rss = fabs(RR - thresh) <= RSS_TOL * thresh || (lam == 0.0 && RR > thresh);
+        bool done_b = (!use_b) || fabs(R) <= RSS_TOL * sqrt(thresh * T) + 1e-12;
+        if (it > 0 && done_rss && done_b) break;
+        double db = 0.0, dl = 0.0;
+        if (use_b) {
+            double m = R / S2, f = S1 / S2;
+            double A = Q11 - 2.0 * f * Q12 + f * f * Q22;
+            double B = Rq1 - f * Rq2 - m * Q12 + m * f * Q22;
+            double C = RR - 2.0 * m * Rq2 + m * m * Q22 - thresh;
+            dl = quad_root(A, B, C);
+            if (lam + dl < 0.0) dl = -lam;
+            db = (R + dl * S1) / S2;
+            if (b + db < bmin) {
+                db = bmin - b;
+                use_b = false;
+            }
+        }
+        if (!use_b) {
+            double C = RR - 2.0 * db * Rq2 + db * db * Q22 - thresh;
+            dl = quad_root(Q11, Rq1 - db * Q12, C);
+            if (lam + dl < 0.0) dl = -lam;
+        }
+        lam += dl;
+        b += db;
+        it += 1;
+        n = consolidate(n, y, ystride, T, g1, g2, lam, b, 0.0, hlen, sc);
+    }
+    if (mode == MODE_THRESH) {
+        lam = 0.0;
+        n = singletons(y, ystride, T, sc);
+        n = consolidate(n, y, ystride, T, g1, g2, 0.0, b, smin, hlen, sc);
+    } else if (mode == MODE_AUTO) {
+        lam = 0.0;
+        double lo = 0.0, hi = 0.0;
+        for (int t = 0; t < T; ++t) {
+            double v = (double)YAT(t) - b;
+            if (v > hi) hi = v;
+        }
+        for (int q = 0; q < N_BISECT; ++q) {
+            double mid = 0.5 * (lo + hi);
+            n = singletons(y, ystride, T, sc);
+            n = consolidate(n, y, ystride, T, g1, g2, 0.0, b, mid, hlen, sc);
+            if (rss(n, y, ystride, b, g2, sc) <= thresh) lo = mid;
+            else hi = mid;
+        }
+        smin = lo;
+        n = singletons(y, ystride, T, sc);
+        n = consolidate(n, y, ystride, T, g1, g2, 0.0, b, lo, hlen, sc);
+    }
+    double c0 = 0.0;
+    for (int j = 0; j < n; ++j) {
+        double ve = veff(j, sc);
+        int t = AT(sc.pt, j), l = AT(sc.pl, j);
+        double u = AT(sc.pu, j);
+        for (int k = 0; k < l; ++k) {
+            double c = cval(ve, u, k, g2, sc);
+            if (t + k == 0) c0 = c;
+            c_out[(long long)(t + k) * ostride] = (float)c;
+            s_out[(long long)(t + k) * ostride] = 0.0f;
+        }
+        if (j > 0) {
+            int lp = AT(sc.pl, j - 1);
+            double vp = veff(j - 1, sc);
+            double uu = lp >= 2 ? cval(vp, AT(sc.pu, j - 1), lp - 2, g2, sc) : AT(sc.pu, j - 1);
+            s_out[(long long)t * ostride] = (float)(AT(sc.pv, j) - g1 * AT(sc.pu, j) - g2 * uu);
+        }
+    }
+    info[0] = b;
+    info[1] = lam;
+    info[2] = c0;
+    info[3] = it;
+    info[4] = smin;
+}
+
+// Y, C, S: (T, N) row-major (traces are columns); G: (N, 2); sn, b0, bmin,
+// smin: (N,); info: (N, 5). Scratch: ints (2, T, N) and doubles (7, T + 1, N)
+// for the N traces of this launch.
+template <typename F>
+__device__ void oasis_batch_impl(const F *Y, int N, int T, const double *G, const double *sn,
+                                 const double *b0, int b_free, const double *bmin, int mode,
+                                 const double *smin, int maxiter, float *C, float *S,
+                                 double *info, int *iscratch, double *dscratch) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    long long ns = N;
+    long long plane = (long long)(T + 1) * ns;
+    Scratch sc;
+    sc.ns = ns;
+    sc.h = dscratch + i;
+    sc.H1 = dscratch + plane + i;
+    sc.H2 = dscratch + 2 * plane + i;
+    sc.P = dscratch + 3 * plane + i;
+    sc.pS = dscratch + 4 * plane + i;
+    sc.pv = dscratch + 5 * plane + i;
+    sc.pu = dscratch + 6 * plane + i;
+    sc.pt = iscratch + i;
+    sc.pl = iscratch + (long long)T * ns + i;
+    double row[5];
+    solve_trace<F>(Y + i, ns, T, G[2 * i], G[2 * i + 1], sn[i], b0[i], b_free != 0, bmin[i], mode,
+                   smin[i], maxiter, sc, C + i, S + i, ns, row);
+    for (int k = 0; k < 5; ++k) info[5 * (long long)i + k] = row[k];
+}
+
+extern "C" __global__ void oasis_batch_f32(const float *Y, int N, int T, const double *G,
+                                           const double *sn, const double *b0, int b_free,
+                                           const double *bmin, int mode, const double *smin,
+                                           int maxiter, float *C, float *S, double *info,
+                                           int *iscratch, double *dscratch) {
+    oasis_batch_impl<float>(Y, N, T, G, sn, b0, b_free, bmin, mode, smin, maxiter, C, S, info,
+                            iscratch, dscratch);
+}
+
+extern "C" __global__ void oasis_batch_f64(const double *Y, int N, int T, const double *G,
+                                           const double *sn, const double *b0, int b_free,
+                                           const double *bmin, int mode, const double *smin,
+                                           int maxiter, float *C, float *S, double *info,
+                                           int *iscratch, double *dscratch) {
+    oasis_batch_impl<double>(Y, N, T, G, sn, b0, b_free, bmin, mode, smin, maxiter, C, S, info,
+                             iscratch, dscratch);
+}
