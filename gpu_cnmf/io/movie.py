@@ -1,0 +1,164 @@
+"""Opening and loading movies: :func:`open_movie` (lazy) and
+:func:`load_movie` (everything, or chosen frames, in memory)."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import MovieError, ParameterError
+from .formats import open_file
+from .source import ArraySource, ConcatSource, MovieSource
+
+_PathLike = (str, os.PathLike)
+
+
+def _one(item, var_name_hdf5: str) -> MovieSource:
+    if isinstance(item, MovieSource):
+        return item
+    if isinstance(item, _PathLike):
+        return open_file(item, var_name_hdf5)
+    if isinstance(item, np.ndarray) or hasattr(item, "__array__") or hasattr(item, "detach"):
+        return ArraySource(item)
+    raise MovieError(f"cannot open a movie from {type(item).__name__}: expected a file path, "
+                     "a list of paths, an array (T, d1, d2[, d3]) or a MovieSource")
+
+
+def open_movie(fnames, var_name_hdf5: str = "mov", check_nan: bool = False) -> MovieSource:
+    """Open a movie for lazy, frame-range reading.
+
+    Parameters
+    ----------
+    fnames : path, list of paths, array or MovieSource
+        A ``.tif``/``.tiff``, ``.h5``/``.hdf5``/``.nwb``, ``.npy``, CaImAn
+        ``.mmap`` or ``.zarr`` file; several of them (joined in time, in the
+        order given; frame shapes must agree); or an in-memory array of shape
+        ``(T, d1, d2)`` or ``(T, d1, d2, d3)``.
+    var_name_hdf5 : str
+        Dataset (HDF5) or array (zarr group) holding the movie.
+    check_nan : bool
+        Scan the movie once and raise if any frame holds a NaN.
+
+    Returns
+    -------
+    MovieSource
+        With ``shape``, ``dims``, ``n_frames``, ``dtype``, ``read(start,
+        stop)``, ``iter_chunks(n)``; close it (or use ``with``) when done.
+
+    Raises
+    ------
+    MovieError
+        A file is missing, unreadable, truncated, of an unknown format, not
+        3-D/4-D, empty; files disagree in frame shape; or (``check_nan``) a
+        frame holds a NaN, named by its index.
+    """
+    if isinstance(fnames, (list, tuple)):
+        if not fnames:
+            raise MovieError("fnames: the list of movie files is empty")
+        parts: list[MovieSource] = []
+        try:
+            for item in fnames:
+                parts.append(_one(item, var_name_hdf5))
+                if len(fnames) > 1:
+                    parts[-1].close()  # reopened on demand: bounds open files
+            source = parts[0] if len(parts) == 1 else ConcatSource(parts)
+        except BaseException:
+            for p in parts:
+                p.close()
+            raise
+    else:
+        source = _one(fnames, var_name_hdf5)
+    if check_nan:
+        try:
+            source.check_nan()
+        except BaseException:
+            source.close()
+            raise
+    return source
+
+
+def _frame_indices(subindices, n_frames: int, name: str):
+    """``subindices`` as a (start, stop) range or an index array."""
+    if subindices is None:
+        return 0, n_frames
+    if isinstance(subindices, range):
+        subindices = slice(subindices.start, subindices.stop, subindices.step)
+    if isinstance(subindices, slice):
+        start, stop, step = subindices.indices(n_frames)
+        if step == 1:
+            return start, max(start, stop)
+        return np.arange(start, stop, step)
+    if isinstance(subindices, (int, np.integer)):
+        raise ParameterError(f"subindices: expected a slice, range or sequence of frame "
+                             f"indices for {name}, got the integer {subindices}")
+    return np.asarray(subindices)
+
+
+def _raise_on_nan(frames: np.ndarray, frame_index: np.ndarray, name: str) -> None:
+    if frames.dtype.kind != "f" or not frames.size:
+        return
+    bad = np.isnan(frames.reshape(frames.shape[0], -1)).any(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise MovieError(f"{name}: frame {int(frame_index[i])} contains NaN values "
+                         f"({int(np.isnan(frames[i]).sum())} pixels); it is the first "
+                         "loaded frame with NaNs")
+
+
+def load_movie(fnames, subindices=None, var_name_hdf5: str = "mov", check_nan: bool = False,
+               outtype=np.float32) -> np.ndarray:
+    """Read a movie (or some of its frames) into memory.
+
+    Parameters
+    ----------
+    fnames
+        As for :func:`open_movie`.
+    subindices : slice, range or sequence of int, optional
+        Frames to load (CaImAn's ``subindices``); all by default.
+    var_name_hdf5 : str
+        Dataset (HDF5) or array (zarr) holding the movie.
+    check_nan : bool
+        Raise :class:`MovieError` naming the first loaded frame with a NaN
+        (its index in the whole movie).
+    outtype : dtype or None
+        Dtype of the result (float32, as CaImAn's ``load``); None keeps the
+        stored dtype. Frames are converted chunk by chunk, so the stored
+        dtype never needs a second full-size copy.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, d1, d2[, d3])``.
+    """
+    with open_movie(fnames, var_name_hdf5=var_name_hdf5) as source:
+        sel = _frame_indices(subindices, source.n_frames, source.name)
+        dtype = source.dtype if outtype is None else np.dtype(outtype)
+        if isinstance(sel, tuple):
+            start, stop = sel
+            if not 0 <= start <= stop <= source.n_frames:
+                raise ParameterError(f"subindices: {start}:{stop} is outside the "
+                                     f"{source.n_frames} frames of {source.name}")
+            out = np.empty((stop - start,) + source.dims, dtype)
+            for t0, chunk in source.iter_chunks(start=start, stop=stop):
+                if check_nan:
+                    _raise_on_nan(chunk, np.arange(t0, t0 + chunk.shape[0]), source.name)
+                out[t0 - start:t0 - start + chunk.shape[0]] = chunk
+        else:
+            out = source.take(sel)
+            if check_nan:
+                idx = np.flatnonzero(sel) if sel.dtype == bool else \
+                    np.where(sel < 0, sel + source.n_frames, sel)
+                _raise_on_nan(out, idx, source.name)
+            out = out.astype(dtype, copy=False)
+    return out
+
+
+def movie_info(fnames, var_name_hdf5: str = "mov") -> dict:
+    """Shape, dims, frame count and dtype of a movie without reading frames."""
+    with open_movie(fnames, var_name_hdf5=var_name_hdf5) as source:
+        return {"shape": source.shape, "dims": source.dims, "n_frames": source.n_frames,
+                "dtype": source.dtype, "name": source.name}
+
+
+__all__: Sequence[str] = ["open_movie", "load_movie", "movie_info"]
