@@ -17,6 +17,8 @@ _PUBLIC = {
     "load_movie": "gpu_cnmf.io",
     "save_memmap": "gpu_cnmf.io",
     "load_memmap": "gpu_cnmf.io",
+    "open_movie": "gpu_cnmf.io",
+    "make_movie": "gpu_cnmf.synthetic",
 }
 
 __all__ = sorted(_PUBLIC)
