@@ -3,7 +3,8 @@
 A trace y = c + b + noise with AR(p) calcium c_t = sum_j g_j c_{t-j} + s_t has,
 for lags k >= 1, the Yule-Walker relations C(k) = sum_j g_j C(k - j), where
 only the lag-0 autocovariance C(0) carries the white noise variance sn**2.
-Using ``lags`` equations (k = 1..lags) with sn**2 removed from C(0) and solving
+Using ``lags + p`` equations (k = 1..lags + p, CaImAn's count: ``lags`` beyond
+the p that determine g) with sn**2 removed from C(0) and solving
 them in the least-squares sense gives g. The roots of the AR polynomial are
 then kept stable (in [0, 1)) and shrunk by ``fudge_factor``, which corrects
 the upward bias of the discrete time constants.
@@ -39,16 +40,16 @@ def autocovariance(Y: torch.Tensor, max_lag: int) -> torch.Tensor:
 
 def ar_from_autocovariance(xc: torch.Tensor, sn2: torch.Tensor, p: int, lags: int,
                            fudge_factor: float) -> torch.Tensor:
-    """Solve the noise-corrected Yule-Walker equations; ``xc`` (N, >= lags + 1)."""
+    """Solve the noise-corrected Yule-Walker equations; ``xc`` (N, >= lags + p + 1)."""
     N = xc.shape[0]
     if p == 0:
         return xc.new_zeros((N, 0))
-    k = torch.arange(lags, device=xc.device)
+    k = torch.arange(lags + p, device=xc.device)
     j = torch.arange(p, device=xc.device)
     lag = (k[:, None] - j[None, :]).abs()                      # (lags, p)
-    A = xc[:, lag]                                             # (N, lags, p)
+    A = xc[:, lag]                                             # (N, lags + p, p)
     A = A - sn2[:, None, None] * (lag == 0).to(xc.dtype)[None]
-    rhs = xc[:, 1:lags + 1]
+    rhs = xc[:, 1:lags + p + 1]
     # Normal equations of the small (lags x p) systems, solved in closed form
     # so the same code runs everywhere, batched.
     AtA = A.transpose(1, 2) @ A
@@ -108,7 +109,8 @@ def estimate_time_constant(Y, p=2, sn=None, lags=5, fudge_factor=0.96, pooled=Fa
         Noise std per trace; estimated from the PSD (``noise_*`` parameters)
         when None.
     lags : int
-        Number of autocovariance lags (Yule-Walker equations) used.
+        Autocovariance lags used beyond the first p (lags + p Yule-Walker
+        equations, as in CaImAn).
     fudge_factor : float in (0, 1]
         Shrinks the roots of the AR polynomial (bias correction).
     pooled : bool

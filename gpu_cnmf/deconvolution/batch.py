@@ -155,7 +155,8 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         raise ParameterError(f"Y: at least 8 time points are needed, got {T}")
     dev = t.device
     if sn is None:
-        sn_t = psd_noise(t, noise_range, noise_method).to(torch.float64)
+        # few traces: the whole of each is used (robust to one noisy stretch)
+        sn_t = psd_noise(t, noise_range, noise_method, max(3072, T)).to(torch.float64)
     else:
         sn_t = _per_trace(sn, N, dev, "sn")
         if (sn_t < 0).any():
@@ -173,7 +174,10 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         b_free = True
         # selection, not a sort: kthvalue is O(T) per trace
         k = max(1, int(BASELINE_QUANTILE * T))
-        b0 = torch.kthvalue(t32, k, dim=1).values.to(torch.float64)
+        if dev.type == "cpu":   # numpy's introselect is ~2x faster than kthvalue here
+            b0 = torch.from_numpy(np.partition(t32.numpy(), k - 1, axis=1)[:, k - 1].astype(np.float64))
+        else:
+            b0 = torch.kthvalue(t32, k, dim=1).values.to(torch.float64)
         b0 = torch.maximum(b0, bmin)
     else:
         b_free = False

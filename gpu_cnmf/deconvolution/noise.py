@@ -2,11 +2,12 @@
 
 White noise has a flat spectrum while calcium transients are slow, so the
 upper part of the spectrum (``noise_range``, in units of the sampling rate,
-Nyquist = 0.5) sees the noise alone. The periodogram of white noise of
-standard deviation sigma averages to sigma**2 per bin (two-sided
-normalisation ``|X_k|**2 / T``); its bins are exponentially distributed,
-which biases a median or a log-mean by fixed factors that we divide out, so
-every ``noise_method`` estimates sigma itself.
+Nyquist = 0.5) sees the noise alone. The trace is cut into Hann-tapered
+pieces (Welch's layout); the periodogram of a piece of white noise of
+standard deviation sigma, normalised by the taper's energy, averages to
+sigma**2 per bin, and its bins are exponentially distributed, which biases a
+median or a log-mean by fixed factors that we divide out, so every
+``noise_method`` estimates sigma itself from the bins of all pieces pooled.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ _MEDIAN_BIAS = math.log(2.0)
 _LOGMEXP_BIAS = math.exp(-0.5772156649015329)
 # Elements per FFT batch: bounds the temporaries of a call on 10^4 x 10^4 traces.
 _FFT_BLOCK = 1 << 24
+# Frames per tapered piece (Welch's usual length): 64 bins in the default band.
+SEGMENT = 256
 
 
 def check_noise_params(noise_range, noise_method, max_num_samples_fft=3072):
@@ -55,16 +58,21 @@ def _as_2d_tensor(Y, name="Y"):
 
 
 def _segments(T, max_num_samples_fft):
-    """Start indices and length of the pieces whose periodograms are averaged.
+    """Start indices and length of the tapered pieces whose periodogram bins are pooled.
 
-    Long traces are summarised by three pieces (start, middle, end), as CaImAn
-    does, so the cost does not grow with T; averaging their periodograms
-    (rather than concatenating them) avoids jumps at the seams.
+    Pieces of ``SEGMENT`` frames overlap by half (Welch's layout). When that
+    would take more than ``max_num_samples_fft`` samples the pieces are spread
+    evenly over the whole trace instead (the cost stays bounded, as with
+    CaImAn's start/middle/end pieces, but one noisy stretch of the recording
+    cannot dominate the estimate).
     """
-    if T <= max_num_samples_fft:
-        return [0], T
-    n = max_num_samples_fft // 3
-    return [0, T // 2 - n // 2, T - n], n
+    n = min(T, SEGMENT)
+    step = max(1, n // 2)
+    count = 1 + (T - n) // step
+    budget = max(3, 2 * int(max_num_samples_fft) // n - 1)
+    if count <= budget:
+        return [k * step for k in range(count)], n
+    return [int(round(k * (T - n) / (budget - 1))) for k in range(budget)], n
 
 
 def psd_noise(Y: torch.Tensor, noise_range=(0.25, 0.5), noise_method="mean",
@@ -80,27 +88,30 @@ def psd_noise(Y: torch.Tensor, noise_range=(0.25, 0.5), noise_method="mean",
     if band.numel() == 0:
         raise ParameterError(f"noise_range: {noise_range!r} holds no frequency bin for {n} samples")
     band = band.to(Y.device)
+    # A Hann taper: the sidelobes of a rectangular window decay only as 1/f^2,
+    # so large slow transients leak into the high band and inflate sn.
+    win = torch.hann_window(n, periodic=False, dtype=torch.float64, device=Y.device)
+    win = win / win.square().sum().sqrt()
+    step = starts[1] - starts[0] if len(starts) > 1 else n
+    regular = all(b - a == step for a, b in zip(starts, starts[1:]))
+    idx = (torch.as_tensor(starts, device=Y.device)[:, None]
+           + torch.arange(n, device=Y.device)[None, :])             # (pieces, n)
     out = torch.empty(N, dtype=torch.float64, device=Y.device)
     rows = max(1, _FFT_BLOCK // (n * len(starts)))
     for r0 in range(0, N, rows):
         blk = Y[r0:r0 + rows].to(torch.float64)
-        pxx = 0.0
-        for s in starts:
-            seg = blk[:, s:s + n]
-            seg = seg - seg.mean(dim=1, keepdim=True)
-            pxx = pxx + torch.fft.rfft(seg, dim=1).abs().square().index_select(1, band) / n
-        pxx = pxx / len(starts)
+        # (rows, pieces, n): a strided view for Welch's layout, a gather otherwise
+        seg = blk.unfold(1, n, step)[:, :len(starts)] if regular else blk[:, idx]
+        seg = (seg - seg.mean(dim=2, keepdim=True)) * win
+        # every bin of every piece: exponential with mean sigma^2 for white noise
+        f = torch.fft.rfft(seg, dim=2).index_select(2, band)
+        pxx = torch.view_as_real(f).square().sum(dim=-1).flatten(1)
         if noise_method == "mean":
             v = pxx.mean(dim=1)
         elif noise_method == "median":
-            # Averaging k periodograms makes the bins Gamma(k), whose median
-            # is closer to the mean; the bias factor below is for k = 1 and
-            # is corrected for k = 3 by its Gamma(3) median (2.674 / 3).
-            v = pxx.median(dim=1).values / (_MEDIAN_BIAS if len(starts) == 1 else 2.6740603 / 3)
+            v = pxx.median(dim=1).values / _MEDIAN_BIAS
         else:
-            v = torch.exp(torch.log(pxx.clamp_min(1e-300)).mean(dim=1))
-            # E[log Gamma(k)/k] = digamma(k) - log k: -gamma for k = 1.
-            v = v / (_LOGMEXP_BIAS if len(starts) == 1 else math.exp(1.5 - 0.5772156649015329 - math.log(3)))
+            v = torch.exp(torch.log(pxx.clamp_min(1e-300)).mean(dim=1)) / _LOGMEXP_BIAS
         out[r0:r0 + rows] = v.sqrt()
     return out.to(torch.float32)
 
@@ -120,8 +131,9 @@ def estimate_noise(Y, noise_range=(0.25, 0.5), noise_method="mean", max_num_samp
         median, or exp(mean(log)). All three are bias-corrected so that each
         estimates the standard deviation of white noise.
     max_num_samples_fft : int
-        Traces longer than this are summarised by three pieces of a third of
-        this length (start, middle, end) to bound the cost.
+        Bounds the cost: traces longer than this are summarised by about
+        2 * max_num_samples_fft / 256 tapered pieces of 256 frames spread
+        evenly over the trace.
 
     Returns
     -------
