@@ -1,0 +1,221 @@
+"""Spatial consistency of footprints with the movie (CaImAn's ``r_values``).
+
+A real cell brightens with the shape of its footprint whenever it fires. For
+each component we pick its active frames (the windows around the largest
+peaks of its denoised trace ``C``), leave out those where a component whose
+footprint overlaps it is active too (as CaImAn does: there the movie shows
+the neighbour as well; when that leaves nothing, all active frames are
+kept), average the movie minus the background ``b f`` over them, and
+correlate that mean image with the footprint over the footprint's support.
+Noise blobs and components fitted to nothing in particular get low values.
+
+The movie is read once, in chunks; only the pixels on some footprint's
+support are touched, so the cost is ``T x nnz(A)``, not ``T x pixels x K``.
+
+Names: ``A`` footprints (pixels x K, scipy.sparse, Fortran pixel order),
+``C`` traces (K x T), ``b``/``f`` background footprints (pixels x nb) and
+traces (nb x T), ``YrA`` residual traces (K x T).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..backend import get_device, memory_budget, to_numpy, to_tensor
+from ..errors import ParameterError
+from ..summary import iter_movie, movie_shape
+
+__all__ = ["active_frames", "spatial_correlation", "compute_residuals", "flatten_frames"]
+
+
+def flatten_frames(x: torch.Tensor) -> torch.Tensor:
+    """``(n, *dims)`` frames to ``(n, pixels)`` in Fortran pixel order."""
+    n = x.shape[0]
+    return x.permute(0, *range(x.ndim - 1, 0, -1)).reshape(n, -1)
+
+
+def _check_A(A, dims, what="A") -> sp.csc_matrix:
+    if not sp.issparse(A):
+        A = sp.csc_matrix(np.asarray(A))
+    A = sp.csc_matrix(A, dtype=np.float32)
+    if A.shape[0] != int(np.prod(dims)):
+        raise ParameterError(f"{what}: has {A.shape[0]} rows but dims {tuple(dims)} "
+                             f"make {int(np.prod(dims))} pixels")
+    return A
+
+
+def active_frames(C, Npeaks: int = 5, tB: int = -3, tA: int = 10, thres: float = 0.3
+                  ) -> torch.Tensor:
+    """Boolean (K, T) mask of each component's active frames.
+
+    The ``Npeaks`` largest local maxima of each trace that rise above
+    ``thres`` of its range, each with the frames from ``tB`` before to ``tA``
+    after it.
+    """
+    C = torch.as_tensor(C)
+    K, T = C.shape
+    if T < 3:
+        return torch.ones((K, T), dtype=torch.bool, device=C.device)
+    lo = C.amin(1, keepdim=True)
+    hi = C.amax(1, keepdim=True)
+    up = torch.ones_like(C, dtype=torch.bool)
+    down = torch.ones_like(C, dtype=torch.bool)
+    up[:, 1:] = C[:, 1:] >= C[:, :-1]
+    down[:, :-1] = C[:, :-1] > C[:, 1:]
+    peak = up & down & (C >= lo + thres * (hi - lo)) & (hi > lo)
+    score = torch.where(peak, C, torch.full_like(C, -torch.inf))
+    k = min(int(Npeaks), T)
+    val, idx = score.topk(k, dim=1)
+    mask = torch.zeros((K, T), dtype=torch.bool, device=C.device)
+    ok = torch.isfinite(val)
+    rows = torch.arange(K, device=C.device)[:, None].expand(K, k)
+    for lag in range(int(tB), int(tA) + 1):
+        t = idx + lag
+        good = ok & (t >= 0) & (t < T)
+        mask[rows[good], t[good]] = True
+    return mask
+
+
+def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5,
+                        tB: int = -3, tA: int = 10, thres: float = 0.3,
+                        Athresh: float = 0.1, use_cuda=False,
+                        chunk_frames: int | None = None) -> np.ndarray:
+    """Correlation of each footprint with the movie (minus background) over
+    its active frames (see the module doc).
+
+    Parameters
+    ----------
+    images : ndarray, tensor or MovieSource, ``(T, *dims)``
+    A : sparse (pixels, K);  C : (K, T);  b : (pixels, nb);  f : (nb, T)
+    dims : tuple, optional
+        Frame shape (taken from ``images`` when omitted).
+    Npeaks, tB, tA, thres
+        Active frames, see :func:`active_frames`.
+    Athresh : float
+        Support of a footprint: its pixels at or above ``Athresh`` of its max.
+
+    Returns
+    -------
+    ndarray (K,)
+        Pearson correlations in [-1, 1]; NaN for a component with a flat trace
+        (no active frames) or fewer than 2 support pixels.
+    """
+    device = get_device(use_cuda)
+    T, mdims = movie_shape(images)
+    dims = tuple(mdims) if dims is None else tuple(dims)
+    if tuple(mdims) != dims:
+        raise ParameterError(f"dims: {dims} does not match the movie's frames {tuple(mdims)}")
+    A = _check_A(A, dims)
+    K = A.shape[1]
+    C = np.asarray(C, dtype=np.float32).reshape(K, -1)
+    if C.shape[1] != T:
+        raise ParameterError(f"C: has {C.shape[1]} frames, the movie {T}")
+    if K == 0:
+        return np.zeros(0)
+
+    # support entries e = (pixel, component) of each footprint
+    comp = np.repeat(np.arange(K), np.diff(A.indptr))
+    colmax = A.max(axis=0).toarray().ravel()
+    keep = A.data >= Athresh * colmax[comp]
+    keep &= A.data > 0
+    pix, comp, aval = A.indices[keep], comp[keep], A.data[keep]
+
+    Ct = to_tensor(C, device)
+    act = active_frames(Ct, Npeaks, tB, tA, thres)
+    # frames where an overlapping component is active as well
+    overlap = (A.T @ A).tocoo()
+    off = overlap.row != overlap.col
+    O = torch.sparse_coo_tensor(np.vstack([overlap.row[off], overlap.col[off]]),
+                                np.ones(int(off.sum()), np.float32), (K, K), device=device,
+                                check_invariants=False).coalesce()
+    busy = torch.sparse.mm(O, act.to(torch.float32)) > 0
+    alone = act & ~busy
+    act = torch.where(alone.any(1, keepdim=True), alone, act)
+    n_act = act.sum(1)
+    W = act.to(torch.float32) / n_act.clamp_min(1)[:, None]        # (K, T)
+
+    pix_t = torch.as_tensor(pix, device=device, dtype=torch.long)
+    comp_t = torch.as_tensor(comp, device=device, dtype=torch.long)
+    M = torch.zeros(len(pix), dtype=torch.float64, device=device)
+    budget_elems = max(1 << 16, memory_budget(device) // 16)
+    for start, y in iter_movie(images, chunk_frames, device, copies=3):
+        yf = flatten_frames(y)                                     # (n, P)
+        Wc = W[:, start:start + y.shape[0]].T                       # (n, K)
+        used = Wc.sum(1) > 0                                       # frames anyone needs
+        if not used.any():
+            continue
+        yf, Wc = yf[used], Wc[used]
+        block = max(1, budget_elems // max(yf.shape[0], 1))
+        for s in range(0, len(pix), block):
+            p, c = pix_t[s:s + block], comp_t[s:s + block]
+            M[s:s + block] += (yf[:, p] * Wc[:, c]).sum(0, dtype=torch.float64)
+    M = to_numpy(M)
+
+    W_h = to_numpy(W).astype(np.float64)
+    if b is not None and f is not None and np.size(b) and np.size(f):
+        b = np.asarray(b.toarray() if sp.issparse(b) else b, dtype=np.float64)
+        b = b.reshape(A.shape[0], -1)
+        f = np.asarray(f, dtype=np.float64).reshape(b.shape[1], -1)
+        fW = f @ W_h.T                                               # (nb, K)
+        M -= np.einsum("ek,ke->e", b[pix], fW[:, comp])
+    res = M
+
+    return _grouped_pearson(res, aval.astype(np.float64), comp, K,
+                            valid=to_numpy(n_act) > 0)
+
+
+def _grouped_pearson(x, y, group, K, valid):
+    cnt = np.bincount(group, minlength=K).astype(float)
+    sx = np.bincount(group, x, K)
+    sy = np.bincount(group, y, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = sx / cnt, sy / cnt
+        dx, dy = x - mx[group], y - my[group]
+        cov = np.bincount(group, dx * dy, K)
+        vx = np.bincount(group, dx * dx, K)
+        vy = np.bincount(group, dy * dy, K)
+        r = cov / np.sqrt(vx * vy)
+    r = np.where((cnt >= 2) & valid & (vx > 0) & (vy > 0), r, np.nan)
+    return np.clip(r, -1, 1)
+
+
+def compute_residuals(images, A, C, b=None, f=None, dims=None, use_cuda=False,
+                      chunk_frames: int | None = None) -> np.ndarray:
+    """Residual traces ``YrA``: what each component's footprint sees in the
+    movie beyond the model, scaled like ``C``.
+
+    ``YrA = (A' Y - (A' A) C - (A' b) f) / diag(A' A)``, with ``A' Y`` taken
+    in one streamed pass over the movie.
+
+    Returns
+    -------
+    ndarray (K, T) float32
+    """
+    device = get_device(use_cuda)
+    T, mdims = movie_shape(images)
+    dims = tuple(mdims) if dims is None else tuple(dims)
+    A = _check_A(A, dims)
+    K = A.shape[1]
+    C = np.asarray(C, dtype=np.float64).reshape(K, -1)
+    if C.shape[1] != T:
+        raise ParameterError(f"C: has {C.shape[1]} frames, the movie {T}")
+    At = A.T.tocoo()
+    At_t = torch.sparse_coo_tensor(np.vstack([At.row, At.col]), At.data.astype(np.float32),
+                                   At.shape, device=device,
+                                   check_invariants=False).coalesce()
+    AY = torch.zeros((K, T), dtype=torch.float32, device=device)
+    for start, y in iter_movie(images, chunk_frames, device, copies=3):
+        yf = flatten_frames(y)
+        AY[:, start:start + y.shape[0]] = torch.sparse.mm(At_t, yf.T)
+    AY = to_numpy(AY).astype(np.float64)
+    AA = (A.T @ A).toarray().astype(np.float64)
+    R = AY - AA @ C
+    if b is not None and f is not None and np.size(b) and np.size(f):
+        b = np.asarray(b.toarray() if sp.issparse(b) else b, dtype=np.float64)
+        b = b.reshape(A.shape[0], -1)
+        f = np.asarray(f, dtype=np.float64).reshape(b.shape[1], -1)
+        R -= (A.T @ b) @ f
+    nA2 = np.diag(AA).copy()
+    nA2[nA2 == 0] = 1
+    return (R / nA2[:, None]).astype(np.float32)

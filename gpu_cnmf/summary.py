@@ -1,0 +1,513 @@
+"""Summary images of a movie, streamed over frames on the CPU or a GPU.
+
+Every function here reads the movie once (``correlation_pnr`` twice) in
+chunks of frames sized by :func:`gpu_cnmf.backend.frames_per_chunk`, so a
+movie larger than the device's memory (or RAM, when it is a memory map or a
+:class:`gpu_cnmf.io.MovieSource`) is fine. The work is written once for torch
+tensors and runs on ``cpu`` and ``cuda`` alike.
+
+Images returned are host numpy arrays shaped like one frame, ``dims``.
+
+- mean, max, std images (:func:`summary_images`, :func:`mean_image`, ...);
+- the local correlation image ``Cn`` (:func:`local_correlations`): for each
+  pixel, the mean over its 4 (or 8; 6 or 26 in 3D) neighbours of the Pearson
+  correlation in time between the pixel and the neighbour;
+- the peak-to-noise ratio image (:func:`pnr_image`): the largest excursion
+  of each pixel above its mean divided by its noise std, the noise being read
+  off the high-frequency part of its power spectrum (robust to the slow
+  calcium signal);
+- CNMF-E's pair (:func:`correlation_pnr`): both images of the movie after a
+  spatial filter with a mean-centred Gaussian kernel, the correlation image
+  of the PNR-thresholded movie (Zhou et al., eLife 2018).
+
+Streamed sums are numerically delicate: a pixel with a large baseline and a
+small variance loses all its digits in ``sum(x**2) - T*mean**2``. The sums
+here are taken of the movie minus the first chunk's mean (a fixed shift per
+pixel, close to the true mean) and accumulated in float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .backend import frames_per_chunk, get_device, to_tensor
+from .errors import MovieError, ParameterError
+
+__all__ = [
+    "iter_movie", "movie_shape", "summary_images", "mean_image", "max_image",
+    "std_image", "local_correlations", "pnr_image", "correlation_pnr",
+    "psf_kernel", "spatial_filter", "neighbour_offsets",
+]
+
+
+# --------------------------------------------------------------------------
+# reading a movie in chunks
+
+def movie_shape(movie, swap_dim: bool = False) -> tuple[int, tuple[int, ...]]:
+    """Number of frames and frame shape of an array, tensor or MovieSource.
+
+    ``swap_dim=True`` means time is the last axis (``(*dims, T)``), as in
+    CaImAn's ``swap_dim``.
+    """
+    if hasattr(movie, "iter_chunks"):
+        if swap_dim:
+            raise ParameterError("swap_dim: a MovieSource is always (T, *dims); "
+                                 "swap_dim=True applies to arrays only")
+        shape = tuple(int(s) for s in movie.shape)
+    else:
+        shape = tuple(int(s) for s in getattr(movie, "shape", ()))
+        if swap_dim:
+            shape = shape[-1:] + shape[:-1]
+    if len(shape) not in (3, 4):
+        raise MovieError(f"movie: expected a (T, d1, d2) or (T, d1, d2, d3) movie, "
+                         f"got shape {shape}")
+    if shape[0] < 1 or min(shape[1:]) < 1:
+        raise MovieError(f"movie: empty movie of shape {shape}")
+    return shape[0], shape[1:]
+
+
+def iter_movie(movie, chunk_frames: int | None = None, device="cpu",
+               swap_dim: bool = False, copies: float = 4.0
+               ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, frames)`` with ``frames`` a float32 tensor ``(n, *dims)``
+    on ``device``.
+
+    Parameters
+    ----------
+    movie : ndarray, np.memmap, torch.Tensor or MovieSource
+        ``(T, *dims)`` (``(*dims, T)`` with ``swap_dim``); a MovieSource (from
+        :func:`gpu_cnmf.io.open_movie`) is read with its ``iter_chunks``.
+    chunk_frames : int, optional
+        Frames per chunk; by default what the device's memory budget allows
+        for ``copies`` frame-sized float32 buffers per frame.
+    """
+    T, dims = movie_shape(movie, swap_dim)
+    device = torch.device(device)
+    if chunk_frames is None:
+        chunk_frames = frames_per_chunk(dims, itemsize=4, copies=copies,
+                                        device=device, max_frames=T)
+    chunk_frames = int(chunk_frames)
+    if chunk_frames < 1:
+        raise ParameterError(f"chunk_frames: expected a positive number of frames, "
+                             f"got {chunk_frames}")
+    if hasattr(movie, "iter_chunks"):
+        for start, frames in movie.iter_chunks(chunk_frames):
+            yield int(start), _to_frames(frames, device)
+        return
+    for start in range(0, T, chunk_frames):
+        stop = min(T, start + chunk_frames)
+        if swap_dim:
+            frames = movie[..., start:stop]
+            frames = (frames.permute(-1, *range(frames.ndim - 1))
+                      if isinstance(frames, torch.Tensor)
+                      else np.moveaxis(np.asarray(frames), -1, 0))
+        else:
+            frames = movie[start:stop]
+        yield start, _to_frames(frames, device)
+
+
+def _to_frames(frames, device) -> torch.Tensor:
+    t = to_tensor(frames, device, dtype=torch.float32)
+    if not torch.isfinite(t).all():
+        raise MovieError("movie: contains NaN or infinite values; fill or drop "
+                         "those frames first (open_movie(..., check_nan=True) "
+                         "names them)")
+    return t
+
+
+# --------------------------------------------------------------------------
+# neighbours and streamed moments
+
+def neighbour_offsets(ndim: int, eight_neighbours: bool = True) -> list[tuple[int, ...]]:
+    """Half of a pixel's neighbourhood: one offset of each +/- pair.
+
+    2D: 2 offsets (4-connected) or 4 (8-connected); 3D: 3 (6-connected) or 13
+    (26-connected).
+    """
+    if ndim not in (2, 3):
+        raise MovieError(f"movie: frames must be 2D or 3D, got {ndim}D")
+    out = []
+    for o in product((-1, 0, 1), repeat=ndim):
+        if not any(o) or o <= tuple(-v for v in o):
+            continue  # keep only the lexicographically positive half
+        if not eight_neighbours and sum(map(abs, o)) != 1:
+            continue
+        out.append(o)
+    return out
+
+
+def _pair_slices(offset: Sequence[int], dims: Sequence[int]):
+    """Slices (a, b) of a frame so that ``x[b]`` is ``x[a]``'s neighbour at
+    ``offset``."""
+    a, b = [], []
+    for d, n in zip(offset, dims):
+        if d >= 0:
+            a.append(slice(0, n - d)), b.append(slice(d, n))
+        else:
+            a.append(slice(-d, n)), b.append(slice(0, n + d))
+    return (Ellipsis, *a), (Ellipsis, *b)
+
+
+@dataclass
+class _Moments:
+    """Streamed per-pixel moments of a movie, and of neighbouring pairs."""
+    dims: tuple
+    device: torch.device
+    offsets: list = field(default_factory=list)
+    n: int = 0
+    shift: torch.Tensor | None = None
+    s1: torch.Tensor | None = None
+    s2: torch.Tensor | None = None
+    mx: torch.Tensor | None = None
+    sxy: list = field(default_factory=list)
+
+    def update(self, x: torch.Tensor) -> None:
+        if self.shift is None:
+            self.shift = x.mean(0)
+            f64 = dict(dtype=torch.float64, device=self.device)
+            self.s1 = torch.zeros(self.dims, **f64)
+            self.s2 = torch.zeros(self.dims, **f64)
+            self.mx = torch.full(self.dims, -torch.inf, device=self.device)
+            self.sxy = [torch.zeros([n - abs(d) for n, d in zip(self.dims, o)], **f64)
+                        for o in self.offsets]
+        self.n += x.shape[0]
+        self.mx = torch.maximum(self.mx, x.amax(0))
+        # per-chunk sums in float32 (tree reductions, on centred data), the
+        # running totals in float64
+        xc = x - self.shift
+        self.s1 += xc.sum(0)
+        self.s2 += (xc * xc).sum(0)
+        for o, acc in zip(self.offsets, self.sxy):
+            sa, sb = _pair_slices(o, self.dims)
+            acc += (xc[sa] * xc[sb]).sum(0)
+
+    def mean(self) -> torch.Tensor:
+        return self.s1 / self.n + self.shift.double()
+
+    def var(self) -> torch.Tensor:
+        m = self.s1 / self.n
+        return (self.s2 / self.n - m * m).clamp_min(0)
+
+    def correlation_image(self) -> torch.Tensor:
+        m = self.s1 / self.n
+        var = self.var()
+        # variances below float32 resolution of the data are treated as 0:
+        # such a pixel is constant and correlates with nothing.
+        tiny = (self.s2 / self.n) * 1e-10 + 1e-30
+        sd = torch.where(var > tiny, var.sqrt(), torch.zeros_like(var))
+        cn = torch.zeros(self.dims, dtype=torch.float64, device=self.device)
+        count = torch.zeros_like(cn)
+        for o, acc in zip(self.offsets, self.sxy):
+            sa, sb = _pair_slices(o, self.dims)
+            cov = acc / self.n - m[sa] * m[sb]
+            den = sd[sa] * sd[sb]
+            r = torch.where(den > 0, cov / den.clamp_min(1e-300), torch.zeros_like(cov))
+            r = r.clamp(-1, 1)
+            cn[sa] += r
+            cn[sb] += r
+            count[sa] += 1
+            count[sb] += 1
+        return cn / count.clamp_min(1)
+
+
+def _accumulate(movie, offsets, device, chunk_frames, swap_dim, transform=None):
+    T, dims = movie_shape(movie, swap_dim)
+    mom = _Moments(dims=tuple(dims), device=device, offsets=offsets)
+    for _start, x in iter_movie(movie, chunk_frames, device, swap_dim,
+                                copies=4 + len(offsets)):
+        mom.update(x if transform is None else transform(x))
+    return mom
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.to(torch.float32).cpu().numpy()
+
+
+# --------------------------------------------------------------------------
+# public summary images
+
+def summary_images(movie, eight_neighbours: bool = True, swap_dim: bool = False,
+                   use_cuda=False, chunk_frames: int | None = None) -> dict:
+    """Mean, max, std and local correlation images in one pass over the movie.
+
+    Parameters
+    ----------
+    movie : ndarray, tensor or MovieSource
+        ``(T, *dims)``, or ``(*dims, T)`` with ``swap_dim=True``.
+    eight_neighbours : bool
+        Correlate with the 8 (26 in 3D) surrounding pixels, else with the 4
+        (6) sharing an edge.
+    use_cuda : bool or device
+        Where to compute (see :func:`gpu_cnmf.backend.get_device`).
+    chunk_frames : int, optional
+        Frames per chunk (default: from the device memory budget).
+
+    Returns
+    -------
+    dict
+        ``mean``, ``max``, ``std`` (population std, ``ddof=0``) and ``Cn``,
+        float32 arrays of shape ``dims``.
+    """
+    device = get_device(use_cuda)
+    T, dims = movie_shape(movie, swap_dim)
+    mom = _accumulate(movie, neighbour_offsets(len(dims), eight_neighbours),
+                      device, chunk_frames, swap_dim)
+    return {"mean": _host(mom.mean()), "max": _host(mom.mx),
+            "std": _host(mom.var().sqrt()), "Cn": _host(mom.correlation_image())}
+
+
+def mean_image(movie, swap_dim=False, use_cuda=False, chunk_frames=None) -> np.ndarray:
+    """Temporal mean of each pixel (float64 accumulation)."""
+    mom = _accumulate(movie, [], get_device(use_cuda), chunk_frames, swap_dim)
+    return _host(mom.mean())
+
+
+def max_image(movie, swap_dim=False, use_cuda=False, chunk_frames=None) -> np.ndarray:
+    """Temporal maximum of each pixel."""
+    mom = _accumulate(movie, [], get_device(use_cuda), chunk_frames, swap_dim)
+    return _host(mom.mx)
+
+
+def std_image(movie, swap_dim=False, use_cuda=False, chunk_frames=None) -> np.ndarray:
+    """Temporal standard deviation (``ddof=0``) of each pixel."""
+    mom = _accumulate(movie, [], get_device(use_cuda), chunk_frames, swap_dim)
+    return _host(mom.var().sqrt())
+
+
+def local_correlations(movie, eight_neighbours: bool = True, swap_dim: bool = False,
+                       use_cuda=False, chunk_frames: int | None = None) -> np.ndarray:
+    """Local correlation image ``Cn`` (CaImAn's ``local_correlations``).
+
+    Each pixel gets the mean, over its neighbours, of the Pearson correlation
+    in time between it and the neighbour. Border pixels average over the
+    neighbours they have; a constant pixel correlates 0 with everything.
+    Cells, whose pixels share one calcium trace, come out bright; pixels of
+    independent noise near 0.
+
+    Parameters as in :func:`summary_images`. Returns float32 ``dims``.
+    """
+    device = get_device(use_cuda)
+    T, dims = movie_shape(movie, swap_dim)
+    mom = _accumulate(movie, neighbour_offsets(len(dims), eight_neighbours),
+                      device, chunk_frames, swap_dim)
+    return _host(mom.correlation_image())
+
+
+# --------------------------------------------------------------------------
+# CNMF-E's spatial filter, noise and PNR
+
+def psf_kernel(gSig, center_psf: bool = True) -> np.ndarray:
+    """Gaussian kernel of std ``gSig`` (per axis) spanning +/- 2 gSig pixels.
+
+    With ``center_psf`` (CNMF-E, 1p data) the kernel is made zero-mean on the
+    disk where it exceeds its own border, and zero outside: filtering with it
+    removes the smooth out-of-focus background and keeps neuron-sized blobs.
+    Without, it sums to 1 (a plain Gaussian blur).
+    """
+    g = np.atleast_1d(np.asarray(gSig, dtype=float))
+    if g.size == 1:
+        g = np.repeat(g, 2)
+    if g.size != 2 or np.any(g <= 0):
+        raise ParameterError(f"gSig: expected one or two positive numbers, got {gSig!r}")
+    axes = []
+    for s in g:
+        r = int(2 * s)
+        x = np.arange(-r, r + 1, dtype=float)
+        k = np.exp(-x * x / (2 * s * s))
+        axes.append(k / k.sum())
+    psf = np.outer(axes[0], axes[1])
+    if center_psf:
+        inside = psf >= max(psf[0].max(), psf[:, 0].max())
+        psf = np.where(inside, psf - psf[inside].mean(), 0.0)
+    return psf
+
+
+def _symmetric_index(n: int, r: int, device) -> torch.Tensor:
+    # indices for (d c b a | a b c d | d c b a) padding, as scipy's 'reflect'
+    i = torch.arange(-r, n + r, device=device)
+    period = 2 * n
+    i = torch.remainder(i, period)
+    return torch.where(i >= n, period - 1 - i, i)
+
+
+def _symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    n = x.shape[dim]
+    if r == 0:
+        return x
+    if r > n:  # frames narrower than the kernel: index the mirrored copies
+        return x.index_select(dim, _symmetric_index(n, r, x.device))
+    head = x.narrow(dim, 0, r).flip(dim)
+    tail = x.narrow(dim, n - r, r).flip(dim)
+    return torch.cat([head, x, tail], dim)
+
+
+def spatial_filter(frames: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """Correlate each 2D frame of ``(n, d1, d2)`` with ``kernel`` (odd sizes),
+    symmetric ('reflect' in scipy.ndimage) borders, by FFT.
+    """
+    if frames.ndim != 3:
+        raise MovieError(f"movie: spatial filtering needs 2D frames, got shape "
+                         f"{tuple(frames.shape)[1:]}")
+    n, d1, d2 = frames.shape
+    k1, k2 = kernel.shape
+    r1, r2 = k1 // 2, k2 // 2
+    dev = frames.device
+    x = _symmetric_pad(_symmetric_pad(frames, r1, 1), r2, 2)
+    P1, P2 = d1 + 2 * r1, d2 + 2 * r2
+    # kernel flipped (correlation) and rolled so its centre sits at (0, 0);
+    # the padding is wide enough that the circular wrap never reaches the
+    # pixels we keep.
+    kt = torch.zeros((P1, P2), dtype=torch.float32, device=dev)
+    kf = torch.as_tensor(np.ascontiguousarray(kernel[::-1, ::-1]), dtype=torch.float32,
+                         device=dev)
+    kt[:k1, :k2] = kf
+    kt = torch.roll(kt, shifts=(-r1, -r2), dims=(0, 1))
+    out = torch.fft.irfft2(torch.fft.rfft2(x) * torch.fft.rfft2(kt), s=(P1, P2))
+    return out[:, r1:r1 + d1, r2:r2 + d2]
+
+
+class _WelchNoise:
+    """Per-pixel noise std from the power spectrum averaged over segments.
+
+    White noise of variance s**2 has a flat spectrum at s**2; calcium signal
+    lives at low frequencies. Averaging the spectrum over ``noise_range``
+    (fractions of the sampling rate, 0.5 = Nyquist) of Hann-windowed
+    segments of ``seg`` frames gives s**2 and streams: each segment is one
+    FFT over frames we hold anyway.
+    """
+
+    def __init__(self, T, dims, device, noise_range=(0.25, 0.5), noise_method="mean",
+                 seg=256):
+        if not (0 <= noise_range[0] < noise_range[1] <= 0.5):
+            raise ParameterError(f"noise_range: expected 0 <= low < high <= 0.5, "
+                                 f"got {noise_range}")
+        if noise_method not in ("mean", "median", "logmexp"):
+            raise ParameterError(f"noise_method: expected 'mean', 'median' or "
+                                 f"'logmexp', got {noise_method!r}")
+        self.seg = int(min(seg, T))
+        self.method = noise_method
+        freqs = np.fft.rfftfreq(self.seg)
+        sel = (freqs >= noise_range[0]) & (freqs <= noise_range[1])
+        if not sel.any():
+            sel[-1] = True
+        self.sel = torch.as_tensor(np.flatnonzero(sel), device=device)
+        if self.seg > 2:
+            w = torch.hann_window(self.seg, periodic=False, dtype=torch.float64,
+                                  device=device)
+        else:
+            w = torch.ones(self.seg, dtype=torch.float64, device=device)
+        self.window = w.to(torch.float32)
+        self.norm = float((w * w).sum())
+        self.psd = torch.zeros((len(self.sel), *dims), dtype=torch.float64, device=device)
+        self.count = 0
+        self.carry = None
+
+    def update(self, x: torch.Tensor) -> None:
+        if self.carry is not None:
+            x = torch.cat([self.carry, x], 0)
+        n_seg = x.shape[0] // self.seg
+        if n_seg:
+            seg = x[: n_seg * self.seg].reshape(n_seg, self.seg, *x.shape[1:])
+            seg = seg - seg.mean(1, keepdim=True)
+            w = self.window.reshape(1, -1, *([1] * (x.ndim - 1)))
+            spec = torch.fft.rfft(seg * w, dim=1).index_select(1, self.sel)
+            self.psd += (spec.real ** 2 + spec.imag ** 2).sum(0, dtype=torch.float64)
+            self.count += n_seg
+        self.carry = x[n_seg * self.seg:]
+
+    def std(self) -> torch.Tensor:
+        psd = self.psd / (self.count * self.norm)
+        if self.method == "mean":
+            v = psd.mean(0)
+        elif self.method == "median":
+            v = psd.median(0).values
+        else:
+            v = torch.exp(torch.log(psd.clamp_min(1e-300)).mean(0))
+        return v.sqrt()
+
+
+def _pnr_pass(movie, gSig, center_psf, swap_dim, device, chunk_frames,
+              noise_range, noise_method):
+    T, dims = movie_shape(movie, swap_dim)
+    kernel = None if gSig is None else psf_kernel(gSig, center_psf)
+    mom = _Moments(dims=tuple(dims), device=device)
+    noise = _WelchNoise(T, tuple(dims), device, noise_range, noise_method)
+    for _s, x in iter_movie(movie, chunk_frames, device, swap_dim, copies=8):
+        if kernel is not None:
+            x = spatial_filter(x, kernel)
+        mom.update(x)
+        noise.update(x)
+    return kernel, mom, noise.std()
+
+
+def pnr_image(movie, gSig=None, center_psf: bool = True, swap_dim: bool = False,
+              noise_range=(0.25, 0.5), noise_method: str = "mean", use_cuda=False,
+              chunk_frames: int | None = None) -> np.ndarray:
+    """Peak-to-noise ratio of each pixel: ``(max_t x - mean_t x) / sn``.
+
+    Parameters
+    ----------
+    gSig : int or (int, int), optional
+        When given, each frame is first filtered with :func:`psf_kernel`
+        (``center_psf`` as there); None reads the raw pixels.
+    noise_range, noise_method
+        How the noise std ``sn`` is read off the power spectrum (CaImAn's
+        meanings: the band in fractions of the frame rate, and 'mean',
+        'median' or 'logmexp' over it).
+
+    Returns
+    -------
+    ndarray, float32, ``dims``; negative ratios are set to 0.
+    """
+    device = get_device(use_cuda)
+    _k, mom, sn = _pnr_pass(movie, gSig, center_psf, swap_dim, device, chunk_frames,
+                            noise_range, noise_method)
+    return _host(_pnr(mom, sn))
+
+
+def _pnr(mom, sn):
+    peak = mom.mx.double() - mom.mean()
+    return torch.where(sn > 0, peak / sn.clamp_min(1e-300), torch.zeros_like(peak)).clamp_min(0)
+
+
+def correlation_pnr(movie, gSig, center_psf: bool = True, swap_dim: bool = False,
+                    threshold: float = 3.0, noise_range=(0.25, 0.5),
+                    noise_method: str = "mean", use_cuda=False,
+                    chunk_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CNMF-E's correlation and peak-to-noise ratio images.
+
+    The frames are filtered with :func:`psf_kernel` ``(gSig, center_psf)``;
+    ``pnr`` is :func:`pnr_image` of the filtered movie; ``Cn`` is the
+    8-neighbour local correlation image of the filtered movie standardised
+    by its mean and noise, with values below ``threshold`` noise stds set to
+    0, so that only large positive transients (neurons firing) correlate.
+
+    Two passes over the movie (one for mean and noise, one for the
+    correlations).
+
+    Returns
+    -------
+    Cn, pnr : ndarray, float32, ``dims``
+    """
+    device = get_device(use_cuda)
+    if gSig is None:
+        raise ParameterError("gSig: correlation_pnr needs the neuron size gSig "
+                             "(e.g. [3, 3] for 1p data)")
+    kernel, mom, sn = _pnr_pass(movie, gSig, center_psf, swap_dim, device, chunk_frames,
+                                noise_range, noise_method)
+    pnr = _pnr(mom, sn)
+    mean = mom.mean().to(torch.float32)
+    inv = torch.where(sn > 0, 1.0 / sn.clamp_min(1e-300), torch.zeros_like(sn)).to(torch.float32)
+
+    def standardise(x):
+        z = (spatial_filter(x, kernel) - mean) * inv
+        return torch.where(z >= threshold, z, torch.zeros_like(z))
+
+    T, dims = movie_shape(movie, swap_dim)
+    cmom = _accumulate(movie, neighbour_offsets(len(dims), True), device, chunk_frames,
+                       swap_dim, transform=standardise)
+    return _host(cmom.correlation_image()), _host(pnr)
