@@ -1,5 +1,12 @@
 """The ``gpu-cnmf`` command line.
 
+- ``gpu-cnmf run MOVIE... [--params p.json] [--out r.hdf5] [--use-cuda]
+  [--keep-memmap]``: the whole pipeline (:func:`gpu_cnmf.pipeline.run_pipeline`),
+  a line per stage on stderr and a closing summary on stdout;
+- ``gpu-cnmf report r.hdf5 [--out-dir DIR]``: contour and trace pictures
+  (:func:`gpu_cnmf.report.write_report`), their paths on stdout;
+- ``gpu-cnmf demo``: a synthetic movie with known truth, scored stage by stage.
+
 User mistakes (a missing file, a bad parameter, no GPU) print one line on
 stderr and exit with status 2; nothing else is caught, so real bugs keep
 their traceback.
@@ -27,7 +34,58 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic movie")
     demo.add_argument("--out", default=None,
                       help="folder for the memory-mapped movies (default: a temporary folder)")
+
+    run = sub.add_parser(
+        "run", help="motion correction, CNMF (patches, then refit), component evaluation; "
+                    "results in one HDF5 file (CaImAn's cnmf.save layout)")
+    run.add_argument("movies", nargs="+", metavar="MOVIE",
+                     help="movie file(s): .tif/.tiff, .h5/.hdf5, .npy, .mmap, .zarr; "
+                          "several are joined in time")
+    run.add_argument("--params", default=None, metavar="P.JSON",
+                     help="parameters as JSON: {\"name\": value} or {\"group\": {...}}, "
+                          "or a file written by CNMFParams.to_json")
+    run.add_argument("--out", default=None, metavar="RESULTS.HDF5",
+                     help="results file (default: <first movie>_results.hdf5 next to it)")
+    run.add_argument("--use-cuda", action="store_true",
+                     help="run every stage on the GPU (same as use_cuda=True)")
+    run.add_argument("--keep-memmap", action="store_true",
+                     help="keep the memory-mapped movies next to the results file")
+    run.add_argument("--quiet", action="store_true", help="no per-stage progress on stderr")
+
+    report = sub.add_parser("report", help="draw contours and traces of a results file (PNG)")
+    report.add_argument("results", metavar="RESULTS.HDF5")
+    report.add_argument("--out-dir", default=None,
+                        help="folder for the pictures (default: next to the results file)")
+    report.add_argument("--n-traces", type=int, default=10,
+                        help="how many traces to draw, highest SNR first (default 10)")
     return parser
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from .params import CNMFParams
+    from .pipeline import load_params_file, run_pipeline
+
+    params = load_params_file(args.params) if args.params else CNMFParams()
+    if args.use_cuda:
+        params.change_params({"motion": {"use_cuda": True}})
+    out = args.out
+    if out is None:
+        first = Path(args.movies[0])
+        out = str(first.with_name(first.stem + "_results.hdf5"))
+    result = run_pipeline(args.movies, params, out, progress=not args.quiet,
+                          keep_memmap=args.keep_memmap)
+    print(result.summary(), flush=True)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    for path in write_report(args.results, args.out_dir, n_traces=args.n_traces):
+        print(path, flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
             return run_demo(use_cuda=args.use_cuda, small=args.small, seed=args.seed,
                             out_dir=args.out)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "report":
+            return _report(args)
     except GpuCnmfError as err:
         print(f"gpu-cnmf: error: {err}", file=sys.stderr)
         return 2

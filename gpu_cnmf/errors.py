@@ -22,3 +22,8 @@ class MovieError(GpuCnmfError, ValueError):
 
 class DeviceError(GpuCnmfError, RuntimeError):
     """The requested device cannot be used (no GPU, out of memory)."""
+
+
+class OptionalDependencyError(GpuCnmfError, ImportError):
+    """An optional extra (``gpu_cnmf[formats]``, ``gpu_cnmf[report]``) is
+    needed for this feature and is not installed."""

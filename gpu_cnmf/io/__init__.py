@@ -18,9 +18,11 @@ from .formats import (SUPPORTED_EXTENSIONS, HDF5Source, MmapSource, NpySource, T
 from .memmap import (MemmapWriter, frames_view, load_memmap, mmap_name, parse_mmap_name,
                      read_frames, save_memmap, write_frames)
 from .movie import load_movie, movie_info, open_movie
+from .results import OptionalDependencyError, export_nwb, load_results, save_results
 from .source import ArraySource, ConcatSource, MovieSource
 
 __all__ = [
+    "save_results", "load_results", "export_nwb", "OptionalDependencyError",
     "open_movie", "load_movie", "movie_info", "open_file", "MovieSource", "ArraySource",
     "ConcatSource", "TiffSource", "HDF5Source", "NpySource", "MmapSource", "ZarrSource",
     "SUPPORTED_EXTENSIONS", "save_memmap", "MemmapWriter", "load_memmap", "parse_mmap_name",

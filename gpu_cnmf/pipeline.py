@@ -1,0 +1,387 @@
+"""The whole analysis of a movie in one call: :func:`run_pipeline`.
+
+Stages, as a CaImAn user runs them by hand:
+
+1. check the inputs (files exist and are movies with enough frames and no
+   NaNs; parameters parse; the device exists; the output folder exists);
+2. motion correction (``MotionCorrect``, rigid or piecewise-rigid as
+   ``motion['pw_rigid']`` says), written as a memory-mapped movie;
+3. the pixels x T C-order memmap CNMF reads (``Yr_d1_.._order_C_..``);
+4. CNMF on patches (``CNMF.fit``) and 5. ``refit`` on the whole field of view;
+6. component evaluation (SNR, spatial correlation, CNN) and summary images
+   (mean, max, std and the local correlation image ``Cn``);
+7. the results file (:func:`gpu_cnmf.io.results.save_results`), written
+   atomically.
+
+Memory maps go to a temporary folder removed at the end (``keep_memmap``
+puts them next to the results instead). Each stage prints a line (and
+motion correction its own progress bars) on stderr; the returned
+:class:`PipelineResult` prints a closing summary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .errors import MovieError, ParameterError
+from .params import CNMFParams
+
+__all__ = ["run_pipeline", "PipelineResult", "load_params_file", "check_inputs"]
+
+_STAGES = ("validate", "motion correction", "memmap", "CNMF fit", "refit",
+           "evaluation", "save")
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` did: where the results are, how many
+    components were accepted and rejected, seconds per stage, the device."""
+
+    out_path: str
+    n_frames: int
+    dims: tuple
+    n_components: int
+    idx_components: np.ndarray
+    idx_components_bad: np.ndarray
+    timings: dict
+    device: str
+    fnames: list
+    memmap_files: list = field(default_factory=list)
+    estimates: object = None
+    params: CNMFParams | None = None
+
+    @property
+    def n_accepted(self) -> int:
+        return int(len(self.idx_components))
+
+    @property
+    def n_rejected(self) -> int:
+        return int(len(self.idx_components_bad))
+
+    def summary(self) -> str:
+        """The closing summary as text (one stage per line)."""
+        dims = "x".join(str(d) for d in self.dims)
+        n_files = len(self.fnames)
+        lines = [f"gpu-cnmf: {n_files} movie file{'s' if n_files != 1 else ''}, "
+                 f"{self.n_frames} frames of {dims}, on {self.device}",
+                 f"  components: {self.n_components} found, {self.n_accepted} accepted, "
+                 f"{self.n_rejected} rejected",
+                 "  seconds per stage:"]
+        for name, sec in self.timings.items():
+            lines.append(f"    {name:<20s} {sec:8.2f}")
+        lines.append(f"    {'total':<20s} {sum(self.timings.values()):8.2f}")
+        lines.append(f"  results: {self.out_path}")
+        if self.memmap_files:
+            lines.append("  memory-mapped movies kept: " + ", ".join(self.memmap_files))
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+# ---------------------------------------------------------------------------
+# parameters from a file
+
+def load_params_file(path) -> CNMFParams:
+    """Parameters from a JSON file: either written by ``CNMFParams.to_json``
+    or a plain ``{name: value}`` / ``{group: {name: value}}`` object as a
+    user writes it by hand (lists stand for tuples).
+
+    Raises
+    ------
+    ParameterError
+        The file is missing, not valid JSON, not an object, or holds an
+        unknown or invalid parameter; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"{path}: parameter file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParameterError(f"{path}: cannot read the parameter file ({err})") from err
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ParameterError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, "
+                             f"column {err.colno})") from err
+    if not isinstance(doc, dict):
+        raise ParameterError(f"{path}: expected a JSON object of parameters "
+                             f"({{\"name\": value}}), got a {type(doc).__name__}")
+    try:
+        if doc.get("format") == "gpu_cnmf.CNMFParams":
+            return CNMFParams.from_json_text(text, source=str(path))
+        return CNMFParams(params_dict=doc)
+    except ParameterError as err:
+        msg = str(err)
+        raise ParameterError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from err
+
+
+# ---------------------------------------------------------------------------
+# input checks
+
+def _as_paths(fnames) -> list[str]:
+    if isinstance(fnames, (str, os.PathLike)):
+        fnames = [fnames]
+    if not isinstance(fnames, (list, tuple)) or not fnames:
+        raise MovieError("fnames: expected a movie file or a non-empty list of movie files")
+    out = []
+    for f in fnames:
+        if not isinstance(f, (str, os.PathLike)):
+            raise MovieError(f"fnames: expected file paths, got a {type(f).__name__}")
+        out.append(os.fspath(f))
+    return out
+
+
+def min_frames(params: CNMFParams) -> int:
+    """Fewest frames CNMF can work with: the AR(p) time constants are fitted
+    on ``lags + p`` autocovariance lags, so ``lags + p + 1`` frames at least."""
+    t = params.temporal
+    return max(2, int(t["lags"]) + int(t["p"]) + 1)
+
+
+def check_inputs(fnames, params: CNMFParams, out_path=None):
+    """Check everything :func:`run_pipeline` needs before it does any work.
+
+    Returns ``(paths, params, (T, dims))`` with ``params`` a copy whose
+    ``data.fnames`` names the movies. Raises MovieError / ParameterError /
+    DeviceError naming the file or parameter.
+    """
+    from .io import open_movie
+
+    paths = _as_paths(fnames)
+    if isinstance(params, dict):
+        params = CNMFParams(params_dict=params)
+    if not isinstance(params, CNMFParams):
+        raise ParameterError(f"params: expected a CNMFParams, got {type(params).__name__}")
+    for p in paths:
+        if not os.path.exists(p):
+            raise MovieError(f"{p}: movie file not found")
+        if os.path.isdir(p) and not p.rstrip("/").endswith(".zarr"):
+            raise MovieError(f"{p}: is a folder, not a movie file")
+    params.device()   # DeviceError now, not after an hour of motion correction
+
+    var = params.data["var_name_hdf5"]
+    n_frames, dims = 0, None
+    for p in paths:
+        # one file at a time so that an error names the file at fault
+        with open_movie(p, var_name_hdf5=var) as src:
+            if dims is not None and tuple(src.dims) != dims:
+                raise MovieError(f"{p}: frame shape {tuple(src.dims)} differs from {dims} "
+                                 f"of {paths[0]}")
+            dims = tuple(src.dims)
+            n_frames += src.n_frames
+            if params.preprocess["check_nan"]:
+                src.check_nan()
+    need = min_frames(params)
+    if n_frames < need:
+        what = paths[0] if len(paths) == 1 else f"{len(paths)} files from {paths[0]}"
+        raise MovieError(f"{what}: the movie has {n_frames} frame{'s' if n_frames != 1 else ''}; "
+                         f"CNMF needs at least {need} (temporal.lags + temporal.p + 1)")
+    nd = 3 if params.motion["is3D"] else 2
+    if len(dims) != nd:
+        raise MovieError(f"{paths[0]}: frames of shape {dims} while motion.is3D = "
+                         f"{params.motion['is3D']} expects {nd} axes")
+
+    # dims derived from fnames follow the new files; dims set by hand must agree
+    params = params.copy()
+    params.change_params({"data": {"fnames": list(paths)}})
+    if params.data["dims"] is not None and tuple(params.data["dims"]) != dims:
+        raise ParameterError(f"data.dims = {tuple(params.data['dims'])!r} does not match the "
+                             f"frame shape {dims} of {paths[0]}")
+    if params.data["dims"] is None:
+        params.change_params({"data": {"dims": dims}})
+
+    if out_path is not None:
+        out = Path(out_path)
+        folder = out.parent if str(out.parent) else Path(".")
+        if not folder.is_dir():
+            raise ParameterError(f"{out}: the output folder {str(folder)!r} does not exist")
+        if out.is_dir():
+            raise ParameterError(f"{out}: is a folder; expected a results file name")
+        if not os.access(folder, os.W_OK):
+            raise ParameterError(f"{out}: the output folder {str(folder)!r} is not writable")
+        if any(os.path.abspath(out) == os.path.abspath(p) for p in paths):
+            raise ParameterError(f"{out}: the output file would overwrite an input movie")
+    return paths, params, (n_frames, dims)
+
+
+# ---------------------------------------------------------------------------
+# the pipeline
+
+class _Stages:
+    """Times the stages and prints one line per stage on stderr."""
+
+    def __init__(self, progress: bool):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self._n = len(_STAGES)
+
+    def run(self, name, fn, *args, quiet_start=False, **kwargs):
+        i = len(self.timings) + 1
+        if self.progress and not quiet_start:
+            print(f"gpu-cnmf [{i}/{self._n}] {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.timings[name] = time.perf_counter() - t0
+        if self.progress:
+            print(f"gpu-cnmf [{i}/{self._n}] {name} done in {self.timings[name]:.1f} s",
+                  file=sys.stderr, flush=True)
+        return out
+
+
+def _motion_dict(mc) -> dict:
+    out = {"pw_rigid": bool(mc.pw_rigid), "shifts_rig": np.asarray(mc.shifts_rig),
+           "total_template_rig": mc.total_template_rig,
+           "templates_rig": (np.stack(mc.templates_rig) if mc.templates_rig else None),
+           "min_mov": float(mc.min_mov) if mc.min_mov is not None else None,
+           "border_to_0": int(getattr(mc, "border_to_0", 0))}
+    if mc.pw_rigid:
+        out["x_shifts_els"] = np.asarray(mc.x_shifts_els)
+        out["y_shifts_els"] = np.asarray(mc.y_shifts_els)
+        if getattr(mc, "z_shifts_els", None) is not None:
+            out["z_shifts_els"] = np.asarray(mc.z_shifts_els)
+        out["total_template_els"] = mc.total_template_els
+        out["templates_els"] = np.stack(mc.templates_els) if mc.templates_els else None
+        out["patch_grid"] = tuple(int(n) for n in mc.patch_grid)
+    return out
+
+
+def _estimates_dict(est) -> dict:
+    fields = {k: v for k, v in vars(est).items() if not k.startswith("_")}
+    if fields.get("R") is fields.get("YrA"):
+        fields.pop("R", None)   # an alias of YrA: store it once
+    return fields
+
+
+def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
+                 keep_memmap: bool = False, work_dir=None, n_processes: int | None = None,
+                 ) -> PipelineResult:
+    """Motion correction, CNMF (patches, then refit), evaluation, results file.
+
+    Parameters
+    ----------
+    fnames : path or list of paths
+        The movie (several files are joined in time).
+    params : CNMFParams (or a dict of parameters)
+        All parameters; ``use_cuda`` picks the device of every stage.
+        Not modified: the run uses a copy with ``data.fnames`` set.
+    out_path : path
+        The HDF5 results file (CaImAn's ``cnmf.save`` layout, plus
+        ``motion/`` and ``extra/summary_images``), written atomically.
+    progress : bool
+        Print a line per stage and motion-correction progress bars on stderr.
+    keep_memmap : bool
+        Keep the memory-mapped movies (motion-corrected F-order and the
+        C-order one CNMF reads) next to ``out_path``; by default they live
+        in a temporary folder removed at the end.
+    work_dir : path, optional
+        Where the temporary folder is made (default: the system's).
+    n_processes : int, optional
+        CPU processes for the patches (default ``patch.n_processes``).
+
+    Returns
+    -------
+    PipelineResult
+        Print it for the closing summary.
+
+    Raises
+    ------
+    MovieError, ParameterError, DeviceError
+        Bad inputs, found before any work is done; no output file is left.
+    """
+    from .cnmf import CNMF
+    from .evaluation import evaluate_components
+    from .io import load_memmap
+    from .io.results import save_results
+    from .motion import MotionCorrect
+    from .summary import summary_images
+
+    stages = _Stages(progress)
+    # silent until it passes, so that a user error is the only line printed
+    paths, params, (T, dims) = stages.run("validate", check_inputs, fnames, params, out_path,
+                                          quiet_start=True)
+    device = params.device()
+    out_path = os.fspath(out_path)
+    if keep_memmap:
+        base_dir = Path(out_path).resolve().parent
+        tmp_dir = None
+        stem = Path(out_path).stem
+    else:
+        tmp_dir = tempfile.mkdtemp(prefix="gpu_cnmf_run_", dir=work_dir)
+        base_dir, stem = Path(tmp_dir), "movie"
+    n_proc = int(n_processes or params.patch["n_processes"] or 1)
+    kept: list[str] = []
+    mc = None
+    try:
+        def motion():
+            m = MotionCorrect(paths, var_name_hdf5=params.data["var_name_hdf5"],
+                              base_name=str(base_dir / stem), progress=progress,
+                              **params.get_group("motion"))
+            m.motion_correct(save_movie=True)
+            return m
+        mc = stages.run("motion correction", motion)
+
+        def memmap():
+            fname_c = mc.save_memmap_C(str(base_dir / f"{stem}_C"))
+            if not keep_memmap:
+                for f in mc.mmap_file:   # the F-order movie is not needed any more
+                    Path(f).unlink(missing_ok=True)
+            return fname_c
+        fname_c = stages.run("memmap", memmap)
+        if keep_memmap:
+            kept = [*map(str, mc.mmap_file), str(fname_c)]
+        run_params = params.copy()
+        run_params.change_params({"data": {"mmap_C": str(fname_c),
+                                           "mmap_F": [str(f) for f in mc.mmap_file]}
+                                  } if keep_memmap else {})
+
+        Yr, mm_dims, T = load_memmap(fname_c)
+        images = np.reshape(Yr.T, [T] + list(mm_dims), order="F")
+        cnm = stages.run("CNMF fit", lambda: CNMF(n_proc, params=run_params).fit(images))
+        cnm = stages.run("refit", lambda: cnm.refit(images))
+        est = cnm.estimates
+
+        def evaluate():
+            q = evaluate_components(images, est.A, est.C, est.b, est.f, est.YrA, mm_dims,
+                                    run_params.data["fr"], run_params.data["decay_time"],
+                                    run_params.get_group("quality"), run_params.use_cuda,
+                                    gSig=run_params.init["gSig"])
+            for k, v in q.items():
+                setattr(est, k, v)
+            imgs = summary_images(images, use_cuda=params.use_cuda)
+            est.Cn = imgs.pop("Cn")
+            return imgs
+        summary = stages.run("evaluation", evaluate)
+
+        est.timings = dict(getattr(est, "timings", {}) or {})
+        est.timings.update({f"pipeline_{k}": v for k, v in stages.timings.items()})
+        extra = {"summary_images": summary,
+                 "run": {"fnames": list(paths), "n_frames": int(T),
+                         "device": backend.describe(device),
+                         "memmap_files": list(kept)}}
+        stages.run("save", save_results, out_path, run_params, _estimates_dict(est),
+                   motion=_motion_dict(mc), extra=extra)
+    finally:
+        if mc is not None and hasattr(mc, "source"):
+            mc.source.close()
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    good = np.asarray(est.idx_components if est.idx_components is not None
+                      else np.arange(est.nr), dtype=int)
+    bad = np.asarray(est.idx_components_bad if est.idx_components_bad is not None
+                     else np.zeros(0), dtype=int)
+    return PipelineResult(out_path=out_path, n_frames=int(T), dims=tuple(mm_dims),
+                          n_components=int(est.nr), idx_components=good,
+                          idx_components_bad=bad, timings=dict(stages.timings),
+                          device=backend.describe(device), fnames=list(paths),
+                          memmap_files=kept, estimates=est, params=run_params)
