@@ -1,0 +1,279 @@
+"""The CNMF class: CaImAn's interface to source extraction.
+
+>>> cnm = CNMF(n_processes=1, params=params).fit(images)   # doctest: +SKIP
+>>> cnm2 = cnm.refit(images)                               # doctest: +SKIP
+>>> cnm2.estimates.A, cnm2.estimates.C                     # doctest: +SKIP
+
+``images`` is a ``(T, d1, d2)`` array or memory map. CaImAn users pass
+``np.reshape(Yr.T, [T] + list(dims), order='F')`` of the pixels x T matrix
+from ``load_memmap``; that view is recognised and ``Yr`` is read in place,
+block by block, never copied whole. The device is ``params.use_cuda``
+(``motion['use_cuda']``); the same code runs on the CPU and the GPU.
+
+Steps and the parameters they honour:
+
+- preprocess: per-pixel noise ``sn`` (``noise_range``, ``noise_method``,
+  ``max_num_samples_fft``, or the given ``sn``), ``pixels`` excluded,
+  ``check_nan``;
+- initialisation (:mod:`.initialization`), or given footprints ``Ain``
+  (seeded CNMF), or patches (:mod:`.patches`) when ``rf`` is set;
+- unless ``only_init``: spatial update (:mod:`.spatial`), temporal update
+  with OASIS (:mod:`.temporal`), merging (:mod:`.merging`), spatial and
+  temporal updates again.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..backend import get_device
+from ..errors import ParameterError
+from .engine import Model, fit_fov
+from .estimates import Estimates
+from .patches import fit_patches
+from .products import MovieMatrix, Region, as_pixel_matrix
+
+# CaImAn's legacy keyword arguments of CNMF() -> (group, parameter)
+_LEGACY = {
+    "k": ("init", "K"), "gSig": ("init", "gSig"), "gSiz": ("init", "gSiz"),
+    "merge_thresh": ("merge", "thr"), "p": ("temporal", "p"), "ssub": ("init", "ssub"),
+    "tsub": ("init", "tsub"), "p_ssub": ("patch", "p_ssub"), "p_tsub": ("patch", "p_tsub"),
+    "method_init": ("init", "method_init"), "alpha_snmf": ("init", "alpha_snmf"),
+    "rf": ("patch", "rf"), "stride": ("patch", "stride"), "memory_fact": ("patch", "memory_fact"),
+    "gnb": ("init", "nb"), "nb_patch": ("patch", "nb_patch"),
+    "only_init_patch": ("patch", "only_init"), "method_deconvolution": ("temporal", "method_deconvolution"),
+    "check_nan": ("preprocess", "check_nan"), "skip_refinement": ("patch", "skip_refinement"),
+    "normalize_init": ("init", "normalize_init"), "s_min": ("temporal", "s_min"),
+    "remove_very_bad_comps": ("patch", "remove_very_bad_comps"), "border_pix": ("patch", "border_pix"),
+    "low_rank_background": ("patch", "low_rank_background"),
+    "update_background_components": ("spatial", "update_background_components"),
+    "rolling_sum": ("init", "rolling_sum"), "rolling_length": ("init", "rolling_length"),
+    "del_duplicates": ("patch", "del_duplicates"), "fr": ("data", "fr"),
+    "decay_time": ("data", "decay_time"), "do_merge": ("merge", "do_merge"),
+}
+
+_GROUPS = ("data", "patch", "preprocess", "init", "spatial", "temporal", "merge", "quality")
+
+
+def _config(params):
+    """Plain-dict snapshot of the groups CNMF reads, with CaImAn's fit-time
+    defaults filled in (``medw``, ``se``, ``ss``; ``gSiz`` from ``gSig``)."""
+    cfg = {g: copy.deepcopy(params.get_group(g)) for g in _GROUPS}
+    sp_ = cfg["spatial"]
+    if sp_["medw"] is None:
+        sp_["medw"] = (3, 3)
+    if sp_["se"] is None:
+        sp_["se"] = np.ones((3, 3), dtype=np.uint8)
+    if sp_["ss"] is None:
+        sp_["ss"] = np.ones((3, 3), dtype=np.uint8)
+    ini = cfg["init"]
+    if ini["gSiz"] is None:
+        ini["gSiz"] = [int(round(2 * s + 1)) for s in ini["gSig"]]
+    if int(ini["nb"]) < 0:
+        raise ParameterError(f"init['nb']: expected 0 or more background components, got {ini['nb']}")
+    return cfg
+
+
+def _is_cnmfe(params):
+    """1p processing (CNMF-E) is asked for by ``center_psf`` or ``corr_pnr``."""
+    ini = params.get_group("init")
+    return bool(ini.get("center_psf")) or ini.get("method_init") == "corr_pnr"
+
+
+def _region(indices, dims):
+    if indices is None:
+        return None
+    sl = list(indices) + [slice(None)] * (2 - len(indices))
+    out = []
+    for s, n in zip(sl[:2], dims):
+        a, b, step = s.indices(n)
+        if step != 1:
+            raise ParameterError(f"indices: only unit-step slices are supported, got {s}")
+        out.append((a, b))
+    if out == [(0, dims[0]), (0, dims[1])]:
+        return None
+    return Region(out[0][0], out[0][1], out[1][0], out[1][1])
+
+
+class CNMF:
+    """Constrained nonnegative matrix factorisation of a calcium movie.
+
+    Parameters
+    ----------
+    n_processes : int
+        Worker processes for patches on the CPU.
+    params : CNMFParams, optional
+        All parameters; when None, CaImAn's legacy keywords (``k``,
+        ``gSig``, ``merge_thresh``, ``p``, ``rf``, ...) build one.
+    dview : object, optional
+        Accepted for CaImAn compatibility (ipyparallel/multiprocessing
+        pools are not needed here) and ignored.
+    Ain : array (pixels x K) or sparse, optional
+        Footprints (masks) to start from: seeded CNMF.
+    Cin, b_in, f_in : arrays, optional
+        Traces and background to start from together with ``Ain``.
+    """
+
+    def __init__(self, n_processes=1, params=None, dview=None, Ain=None, Cin=None, b_in=None,
+                 f_in=None, **kwargs):
+        from ..params import CNMFParams
+
+        if params is None:
+            params = CNMFParams()
+            groups = {}
+            for key, val in kwargs.items():
+                if key not in _LEGACY:
+                    raise ParameterError(f"CNMF: unknown keyword {key!r}; pass params=CNMFParams(...)")
+                g, name = _LEGACY[key]
+                groups.setdefault(g, {})[name] = val
+            if groups:
+                params.change_params(groups)
+        elif kwargs:
+            unknown = [k for k in kwargs if k not in _LEGACY]
+            if unknown:
+                raise ParameterError(f"CNMF: unknown keyword(s) {unknown}")
+        self.params = params
+        self.n_processes = int(n_processes or 1)
+        self.dview = dview
+        self.estimates = Estimates()
+        self.Ain = Ain
+        self._init_traces = (Cin, b_in, f_in)
+        self.dims = None
+
+    # ------------------------------------------------------------------ API
+    def fit(self, images, indices=None, Ain=None):
+        """Run CNMF on ``images`` (T, d1, d2) and return ``self``.
+
+        Parameters
+        ----------
+        images : array or np.memmap (T, d1, d2)
+        indices : tuple of slices, optional
+            Restrict to a rectangle of the field of view.
+        Ain : array (pixels x K), optional
+            Seeded CNMF from these footprints (as ``CNMF(..., Ain=...)``).
+        """
+        t_start = time.perf_counter()
+        if Ain is not None:
+            self.Ain = Ain
+        device = get_device(self.params.use_cuda)
+        if _is_cnmfe(self.params):
+            return self._fit_cnmfe(images)
+        cfg = _config(self.params)
+        src, layout, full_dims, T = as_pixel_matrix(images)
+        region = _region(indices, full_dims)
+        P, pre, sp_ = cfg["patch"], cfg["preprocess"], cfg["spatial"]
+        block = int(sp_["block_size"]) * int(sp_["num_blocks_per_run"])
+        kw = dict(block_pixels=block, memory_fact=float(P["memory_fact"]), exclude=pre["pixels"])
+        if layout == "pixels":
+            mm = MovieMatrix(src, device, region=region, dims=full_dims, **kw)
+        else:
+            mm = MovieMatrix(src, device, region=region, **kw)
+        dims = mm.dims
+        self.dims = dims
+        start = self._start_model(mm, device)
+        if start is None and self.Ain is None and P["rf"] is not None:
+            if region is not None:
+                raise ParameterError("indices: not supported together with patches (rf); "
+                                     "crop the movie instead")
+            n_proc = self.n_processes if self.n_processes > 1 else int(P["n_processes"] or 1)
+            model = fit_patches(images, cfg, device, n_processes=n_proc, mm_full=mm)
+            model.timings["patches"] = time.perf_counter() - t_start
+        else:
+            Ain_t = None
+            if start is None and self.Ain is not None:
+                Ain_t = self._ain_tensor(self.Ain, mm.d, device)
+            only_init = bool(P["only_init"]) and start is None
+            model = fit_fov(mm, cfg, Ain=Ain_t, model=start, only_init=only_init)
+        model.timings["total"] = time.perf_counter() - t_start
+        self._store(model, dims)
+        mm.release()
+        return self
+
+    def refit(self, images, dview=None):
+        """Refine the components of a fit on the whole field of view.
+
+        Returns a new CNMF (as CaImAn does) started from this one's
+        ``A, C, b, f`` with ``rf=None`` and ``only_init=False``: spatial,
+        temporal, merging, spatial, temporal updates.
+        """
+        if self.estimates.A is None:
+            raise ParameterError("refit: fit() must run first (no components yet)")
+        params = self.params.copy() if hasattr(self.params, "copy") else copy.deepcopy(self.params)
+        params.change_params({"patch": {"rf": None, "only_init": False}})
+        cnm = CNMF(self.n_processes, params=params, dview=dview if dview is not None else self.dview)
+        cnm.estimates = copy.deepcopy(self.estimates)
+        cnm._refit_from = True
+        return cnm.fit(images)
+
+    # ------------------------------------------------------------- helpers
+    def _fit_cnmfe(self, images):
+        """1p movies: CNMF-E (corr-PNR seeds, ring background), see
+        :func:`gpu_cnmf.cnmf.ring_model.cnmfe_fit`."""
+        from .ring_model import cnmfe_fit
+
+        res = cnmfe_fit(images, self.params, Ain=self.Ain)
+        est = Estimates(dims=res["dims"])
+        for name in ("A", "C", "S", "YrA", "sn", "g", "bl", "c1", "neurons_sn", "b", "f"):
+            setattr(est, name, res.get(name))
+        est.R = est.YrA
+        est.b0, est.W, est.ring = res.get("b0"), res.get("W"), res.get("ring")
+        est.Cn, est.pnr = res.get("Cn"), res.get("pnr")
+        est.timings = dict(res.get("timings") or {})
+        self.dims = est.dims
+        self.estimates = est
+        return self
+
+    def _ain_tensor(self, Ain, d, device):
+        A = Ain.toarray() if sp.issparse(Ain) else np.asarray(Ain)
+        if A.ndim == 3:  # (K, d1, d2) masks
+            A = A.transpose(0, 2, 1).reshape(A.shape[0], -1).T
+        if A.shape[0] != d:
+            raise ParameterError(f"Ain: expected {d} rows (pixels, Fortran order), got {A.shape}")
+        return torch.as_tensor(A.astype(np.float32), device=device)
+
+    def _start_model(self, mm, device):
+        """A model from the current estimates (refit), or from Ain with Cin,
+        b_in, f_in all given; None when initialisation must run."""
+        est = self.estimates
+        if getattr(self, "_refit_from", False) and est.A is not None:
+            t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
+            A = t(sp.csc_matrix(est.A).toarray())
+            b = t(est.b if est.b is not None else np.zeros((mm.d, 0)))
+            f = t(est.f if est.f is not None else np.zeros((0, mm.T)))
+            sn = t(est.sn) if est.sn is not None else None
+            if sn is None:
+                from .preprocessing import pixel_stats
+                pre = self.params.get_group("preprocess")
+                sn = pixel_stats(mm, noise_range=pre["noise_range"], noise_method=pre["noise_method"],
+                                 check_nan=pre["check_nan"], small=False).sn
+            return Model(A=A, C=t(est.C), b=b, f=f, sn=sn,
+                         YrA=t(est.YrA) if est.YrA is not None else None)
+        Cin, b_in, f_in = self._init_traces
+        if self.Ain is not None and Cin is not None and b_in is not None and f_in is not None:
+            from .preprocessing import pixel_stats
+            pre = self.params.get_group("preprocess")
+            st = pixel_stats(mm, noise_range=pre["noise_range"], noise_method=pre["noise_method"],
+                             check_nan=pre["check_nan"], sn=pre["sn"], small=False)
+            t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
+            return Model(A=self._ain_tensor(self.Ain, mm.d, device), C=t(Cin), b=t(b_in),
+                         f=t(f_in), sn=st.sn, yy=st.yy)
+        return None
+
+    def _store(self, model, dims):
+        """Model tensors -> Estimates (host arrays, CaImAn's types)."""
+        n = lambda x: None if x is None else x.detach().cpu().numpy()  # noqa: E731
+        est = Estimates(dims=dims)
+        est.A = sp.csc_matrix(n(model.A).astype(np.float32))
+        est.A.eliminate_zeros()
+        est.C, est.f, est.b = n(model.C), n(model.f), n(model.b)
+        est.YrA, est.S, est.sn = n(model.YrA), n(model.S), n(model.sn)
+        est.g, est.bl, est.c1, est.neurons_sn = n(model.g), n(model.bl), n(model.c1), n(model.neurons_sn)
+        est.R = est.YrA
+        est.merged_ROIs = model.merged_ROIs
+        est.timings = dict(model.timings)
+        est.normalize_components()
+        self.estimates = est

@@ -1,0 +1,244 @@
+"""The CNMF sequence on one field of view (the whole movie or one patch).
+
+``fit_fov`` runs CaImAn's order of steps on a :class:`MovieMatrix`:
+statistics and initialisation (or the given footprints), then, unless
+``only_init``, spatial update, temporal update, merging, spatial and
+temporal updates again. The model lives on the device as a dict of tensors
+(:class:`Model`) between steps; components that a step empties are dropped.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from .initialization import initialize
+from .merging import find_merges, merge_rank1
+from .preprocessing import pixel_stats
+from .spatial import update_spatial
+from .temporal import compute_residuals, deconvolve, update_temporal
+
+
+@dataclass
+class Model:
+    """Current CNMF model on the device (names as in :mod:`.estimates`)."""
+
+    A: torch.Tensor
+    C: torch.Tensor
+    b: torch.Tensor
+    f: torch.Tensor
+    sn: torch.Tensor
+    YrA: torch.Tensor | None = None
+    S: torch.Tensor | None = None
+    bl: torch.Tensor | None = None
+    c1: torch.Tensor | None = None
+    g: torch.Tensor | None = None
+    neurons_sn: torch.Tensor | None = None
+    yy: torch.Tensor | None = None
+    b_mask: torch.Tensor | None = None
+    g_global: torch.Tensor | None = None
+    merged_ROIs: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    _PER_COMPONENT = ("C", "YrA", "S", "bl", "c1", "g", "neurons_sn")
+
+    def select(self, keep):
+        """Keep the components where ``keep`` (bool tensor) is True."""
+        if bool(keep.all()):
+            return self
+        self.A = self.A[:, keep]
+        for name in self._PER_COMPONENT:
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, v[keep])
+        return self
+
+    @property
+    def K(self):
+        return self.A.shape[1]
+
+
+def _tick(model, name, t0, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    model.timings[name] = model.timings.get(name, 0.0) + time.perf_counter() - t0
+    return time.perf_counter()
+
+
+def temporal_kwargs(cfg, p=None):
+    t = cfg["temporal"]
+    return dict(p=t["p"] if p is None else p, ITER=t["ITER"],
+                method_deconvolution=t["method_deconvolution"], bas_nonneg=t["bas_nonneg"],
+                noise_range=t["noise_range"], noise_method=t["noise_method"], lags=t["lags"],
+                fudge_factor=t["fudge_factor"], s_min=t["s_min"], optimize_g=t["optimize_g"],
+                solvers=t["solvers"])
+
+
+def spatial_kwargs(cfg):
+    s = cfg["spatial"]
+    return dict(method_exp=s["method_exp"], dist=s["dist"], expandCore=s["expandCore"],
+                method_ls=s["method_ls"], normalize_yyt_one=s["normalize_yyt_one"],
+                update_background_components=s["update_background_components"],
+                thr_method=s["thr_method"], maxthr=s["maxthr"], nrgthr=s["nrgthr"],
+                extract_cc=s["extract_cc"], medw=s["medw"], se=s["se"], ss=s["ss"])
+
+
+def spatial_step(mm, model, cfg):
+    """Spatial update, dropping emptied components."""
+    need_yy = cfg["spatial"]["method_ls"] == "nnls_L0"
+    if need_yy and model.yy is None:
+        st = pixel_stats(mm, check_nan=False, sn=model.sn.cpu().numpy(), small=False)
+        model.yy = st.yy
+    A, b, keep = update_spatial(mm, model.A, model.b, model.C, model.f, model.sn,
+                                b_mask=model.b_mask, yy=model.yy, **spatial_kwargs(cfg))
+    model.A, model.b = A, b
+    return model.select(keep)
+
+
+def temporal_step(mm, model, cfg, p=None):
+    """Temporal update (with deconvolution), dropping silent components."""
+    kw = temporal_kwargs(cfg, p)
+    if model.g_global is not None and kw["p"] > 0 and model.g_global.shape[1] == kw["p"]:
+        kw["g_fixed"] = model.g_global
+    r = update_temporal(mm, model.A, model.b, model.C, model.f, **kw)
+    model.C, model.f, model.S, model.bl = r.C, r.f, r.S, r.bl
+    model.c1, model.g, model.neurons_sn, model.YrA = r.c1, r.g, r.neurons_sn, r.YrA
+    return model.select(model.C.amax(1) > 0)
+
+
+def merge_step(model, cfg, p=None):
+    """Merge correlated overlapping components; returns the number merged."""
+    m = cfg["merge"]
+    groups = find_merges(model.A, model.C, m["thr"], m["max_merge_area"])
+    if not groups:
+        return 0
+    dev = model.A.device
+    Craw = model.C + (model.YrA if model.YrA is not None else 0)
+    Am, Cm = merge_rank1(model.A, Craw, groups)
+    tk = temporal_kwargs(cfg, p)
+    pp = tk.pop("p")
+    tk.pop("ITER")
+    c, s, bl, c1, g, sn = deconvolve(Cm, pp, **tk)
+    merged = torch.zeros(model.K, dtype=torch.bool, device=dev)
+    for grp in groups:
+        merged[grp] = True
+    keep = ~merged
+    model.merged_ROIs.extend([grp.cpu().tolist() for grp in groups])
+    M = Am.shape[1]
+    new = dict(A=Am, C=c, YrA=Cm - c - bl[:, None], S=s, bl=bl, c1=c1, g=g, neurons_sn=sn)
+    model.A = torch.cat([model.A[:, keep], Am], 1)
+    for name in Model._PER_COMPONENT:
+        v = getattr(model, name)
+        add = new[name]
+        if v is None:
+            continue
+        if name == "g" and v.shape[1] != add.shape[1]:
+            add = torch.zeros((M, v.shape[1]), device=dev)
+        setattr(model, name, torch.cat([v[keep], add.reshape((M,) + tuple(v.shape[1:]))], 0))
+    return len(groups)
+
+
+def init_model(mm, cfg, Ain=None, sn=None):
+    """Statistics pass and initial components."""
+    pre, ini = cfg["preprocess"], cfg["init"]
+    t0 = time.perf_counter()
+    sn_given = pre["sn"] if pre["sn"] is not None else sn
+    stats = pixel_stats(mm, ini["ssub"], ini["tsub"], pre["noise_range"], pre["noise_method"],
+                        pre["max_num_samples_fft"], pre["check_nan"], sn=sn_given)
+    dummy = Model(A=None, C=None, b=None, f=None, sn=stats.sn)
+    t0 = _tick(dummy, "preprocess", t0, mm.device)
+    gSiz = ini["gSiz"]
+    A, C, b, f = initialize(
+        stats, mm.dims, ini["K"], ini["nb"], method_init=ini["method_init"], gSig=ini["gSig"],
+        gSiz=gSiz, nIter=ini["nIter"], rolling_sum=ini["rolling_sum"],
+        rolling_length=ini["rolling_length"], kernel=ini["kernel"], maxIter=ini["maxIter"],
+        normalize_init=ini["normalize_init"], alpha_snmf=ini["alpha_snmf"],
+        max_iter_snmf=ini["max_iter_snmf"], sigma_smooth_snmf=ini["sigma_smooth_snmf"],
+        perc_baseline_snmf=ini["perc_baseline_snmf"], Ain=Ain, T=mm.T)
+    del stats.Yd
+    model = Model(A=A, C=C, b=b, f=f, sn=stats.sn, yy=stats.yy, timings=dummy.timings)
+    if pre["compute_g"]:
+        model.g_global = global_time_constant(stats, pre)
+    _tick(model, "init", t0, mm.device)
+    return model
+
+
+def global_time_constant(stats, pre):
+    """``compute_g``: one AR model for all components, from the movie's
+    average trace (its noise level used only when ``include_noise``)."""
+    from ..deconvolution import estimate_noise, estimate_time_constant
+
+    y = stats.frame_mean[None]
+    sn = estimate_noise(y, noise_range=tuple(pre["noise_range"]),
+                        noise_method=pre["noise_method"]) if pre["include_noise"] else None
+    g = estimate_time_constant(y, p=int(pre["p"]), sn=sn, lags=int(pre["lags"]))
+    return torch.as_tensor(g, dtype=torch.float32, device=y.device).reshape(1, -1)
+
+
+def refine(mm, model, cfg, p=None):
+    """Spatial, temporal, merge, spatial, temporal (CaImAn's fit after init)."""
+    dev = mm.device
+    t0 = time.perf_counter()
+    spatial_step(mm, model, cfg)
+    t0 = _tick(model, "spatial", t0, dev)
+    temporal_step(mm, model, cfg, p)
+    t0 = _tick(model, "temporal", t0, dev)
+    if cfg["merge"]["do_merge"]:
+        merge_step(model, cfg, p)
+        t0 = _tick(model, "merge", t0, dev)
+    spatial_step(mm, model, cfg)
+    t0 = _tick(model, "spatial", t0, dev)
+    temporal_step(mm, model, cfg, p)
+    _tick(model, "temporal", t0, dev)
+    return model
+
+
+def fit_fov(mm, cfg, *, Ain=None, model=None, only_init=False, p=None):
+    """Fit one field of view.
+
+    Parameters
+    ----------
+    mm : MovieMatrix
+    cfg : dict of parameter groups (plain dicts)
+    Ain : (d, K) tensor, optional
+        Seeded mode: footprints to start from.
+    model : Model, optional
+        Start from these components (refit); skips initialisation.
+    only_init : bool
+        Stop after initialisation (residual traces computed).
+    p : int, optional
+        AR order to use instead of ``temporal['p']`` (patches: ``p_patch``).
+
+    Returns
+    -------
+    Model
+    """
+    if model is None:
+        model = init_model(mm, cfg, Ain=Ain)
+        if only_init:
+            t0 = time.perf_counter()
+            model.YrA = compute_residuals(mm, model.A, model.b, model.C, model.f)
+            _tick(model, "residuals", t0, mm.device)
+            return model
+    return refine(mm, model, cfg, p)
+
+
+def model_to_numpy(model):
+    """Host copies of a model's tensors (for Estimates, or across processes)."""
+    out = {}
+    for fld in fields(Model):
+        v = getattr(model, fld.name)
+        out[fld.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def model_from_numpy(d, device):
+    """Inverse of :func:`model_to_numpy`."""
+    kw = {}
+    for fld in fields(Model):
+        v = d.get(fld.name)
+        kw[fld.name] = torch.as_tensor(np.asarray(v), device=device) \
+            if isinstance(v, np.ndarray) else v
+    return Model(**kw)

@@ -1,0 +1,268 @@
+"""CNMF on overlapping patches, combined into one field of view.
+
+The field of view is cut into squares of side ``2 * rf`` that overlap by
+``stride`` pixels. Each patch is fitted on its own (``K`` components and
+``nb_patch`` local background components, AR order ``p_patch``,
+downsampling ``p_ssub``/``p_tsub``, only initialisation when ``only_init``),
+in parallel processes on the CPU when ``n_processes > 1``, one after the
+other on a GPU, where each patch already fills the device with batched work.
+Components from all patches are then placed in the full field of view
+(pixels within ``border_pix`` of the edge cleared), neurons found twice in
+an overlap are merged (or, with ``del_duplicates``, the copy from the patch
+where it sits less centrally is deleted), patch backgrounds are compressed
+to ``nb`` global components when ``low_rank_background`` (kept as local,
+patch-supported components otherwise), and the traces are updated once on
+the whole movie with the full AR order.
+"""
+from __future__ import annotations
+
+import copy
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+from ..errors import ParameterError
+from .background import compress_background
+from .engine import Model, fit_fov, merge_step, model_from_numpy, model_to_numpy, temporal_step
+from .products import MovieMatrix, Region
+from .spatial import update_background
+from .temporal import compute_residuals
+
+_MAX_MERGE_ROUNDS = 10
+
+
+def _pair(v, name):
+    if np.isscalar(v):
+        return int(v), int(v)
+    v = list(v)
+    if len(v) != 2:
+        raise ParameterError(f"{name}: expected an int or two ints, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def patch_regions(dims, rf, stride=None):
+    """Rectangles of side ``2 * rf`` overlapping by ``stride`` covering ``dims``.
+
+    Parameters
+    ----------
+    dims : (d1, d2)
+    rf : int or (int, int)
+        Half-size of a patch.
+    stride : int or (int, int), optional
+        Overlap in pixels; by default half of ``rf``.
+
+    Returns
+    -------
+    list of Region
+    """
+    rf = _pair(rf, "rf")
+    if min(rf) < 1:
+        raise ParameterError(f"rf: expected a positive half-size, got {rf}")
+    stride = tuple(max(1, r // 2) for r in rf) if stride is None else _pair(stride, "stride")
+    starts = []
+    for dim, r, s in zip(dims, rf, stride):
+        size = min(2 * r, dim)
+        if s >= size:
+            raise ParameterError(f"stride: overlap {s} must be smaller than the patch side {size}")
+        step = size - s
+        st = list(range(0, max(dim - size, 0) + 1, step))
+        if st[-1] + size < dim:
+            st.append(dim - size)
+        starts.append([(a, a + size) for a in st])
+    return [Region(y0, y1, x0, x1) for (y0, y1) in starts[0] for (x0, x1) in starts[1]]
+
+
+def patch_config(cfg):
+    """Parameters used inside a patch (CaImAn's patch substitutions)."""
+    pc = copy.deepcopy(cfg)
+    P = cfg["patch"]
+    pc["init"]["nb"] = int(P["nb_patch"])
+    pc["init"]["ssub"] = P["p_ssub"]
+    pc["init"]["tsub"] = P["p_tsub"]
+    pc["preprocess"]["sn"] = None
+    return pc
+
+
+def very_bad_components(model, snr_lowest, n_samples):
+    """Components whose trace is indistinguishable from noise.
+
+    The raw trace ``C + YrA`` (median removed) is scored by the mean of
+    its ``n_samples`` largest values over the noise std of ``YrA``
+    (``z``); the chance that pure Gaussian noise of that length reaches
+    ``z`` is turned into an equivalent one-sided normal SNR
+    (``-Phi^{-1}(1 - Phi(z)^(T / n_samples))``), compared with
+    ``snr_lowest`` like CaImAn's ``SNR_lowest``. Components with an empty
+    trace are bad too.
+    """
+    from scipy.stats import norm
+
+    K = model.K
+    if K == 0:
+        return torch.zeros(0, dtype=torch.bool, device=model.A.device)
+    raw = model.C + (model.YrA if model.YrA is not None else 0)
+    raw = raw - raw.median(1, keepdim=True).values
+    res = model.YrA if model.YrA is not None else raw
+    noise = 1.4826 * (res - res.median(1, keepdim=True).values).abs().median(1).values
+    T = raw.shape[1]
+    n = max(1, min(int(n_samples), T))
+    z = (torch.topk(raw, n, dim=1).values.mean(1) / noise.clamp_min(1e-12)).cpu().numpy()
+    # mean of n samples of noise has std 1/sqrt(n); T/n independent windows
+    zz = z * np.sqrt(n)
+    log_cdf = norm.logcdf(zz) * (T / n)
+    p_val = -np.expm1(log_cdf)
+    snr = -norm.ppf(np.clip(p_val, 1e-300, 1.0))
+    bad = torch.as_tensor(snr < snr_lowest, device=model.A.device)
+    return bad | (model.C.amax(1) <= 0)
+
+
+def _fit_one(mm, cfg, pcfg):
+    P = cfg["patch"]
+    model = fit_fov(mm, pcfg, only_init=bool(P["only_init"]), p=int(P["p_patch"]))
+    if P["remove_very_bad_comps"] and model.YrA is not None:
+        n_samples = np.ceil(cfg["data"]["fr"] * cfg["data"]["decay_time"])
+        bad = very_bad_components(model, cfg["quality"]["SNR_lowest"], n_samples)
+        model.select(~bad)
+    return model
+
+
+def _worker(arr, dims, cfg, pcfg):
+    torch.set_num_threads(1)
+    mm = MovieMatrix(arr, "cpu", dims=dims)
+    return model_to_numpy(_fit_one(mm, cfg, pcfg))
+
+
+def _patch_models(images, regions, cfg, device, n_processes):
+    P, sp = cfg["patch"], cfg["spatial"]
+    pcfg = patch_config(cfg)
+    block = int(sp["block_size"]) * int(sp["num_blocks_per_run"])
+    full = MovieMatrix(images, "cpu", block_pixels=block)
+    if n_processes > 1 and device.type == "cpu" and len(regions) > 1:
+        ctx = mp.get_context("spawn")
+        out = [None] * len(regions)
+        with ProcessPoolExecutor(max_workers=int(n_processes), mp_context=ctx) as ex:
+            pending = {}
+            for i, r in enumerate(regions):
+                sub = MovieMatrix(full._src if full.layout == "pixels" else images, "cpu",
+                                  region=r, dims=full.full_dims if full.layout == "pixels" else None)
+                arr = np.ascontiguousarray(sub._host_block(0, r.dims[1]), dtype=np.float32)
+                pending[ex.submit(_worker, arr, r.dims, cfg, pcfg)] = i
+                if len(pending) >= 2 * n_processes:
+                    done = next(iter(pending))
+                    out[pending.pop(done)] = model_from_numpy(done.result(), device)
+            for fut, i in pending.items():
+                out[i] = model_from_numpy(fut.result(), device)
+        return out
+    models = []
+    for r in regions:
+        src_dims = full.full_dims if full.layout == "pixels" else None
+        src = full._src if full.layout == "pixels" else images
+        if P["in_memory"]:
+            sub = MovieMatrix(src, "cpu", region=r, dims=src_dims)
+            arr = np.ascontiguousarray(sub._host_block(0, r.dims[1]), dtype=np.float32)
+            mm = MovieMatrix(arr, device, dims=r.dims, block_pixels=block,
+                             memory_fact=P["memory_fact"])
+        else:
+            mm = MovieMatrix(src, device, region=r, dims=src_dims, block_pixels=block,
+                             memory_fact=P["memory_fact"])
+        models.append(_fit_one(mm, cfg, pcfg))
+    return models
+
+
+def _delete_duplicates(model, patch_id, centrality, thr=0.5):
+    """Drop, among footprints from different patches overlapping by more than
+    ``thr`` of the smaller one, the copy that sits less centrally."""
+    Am = (model.A > 0).float()
+    inter = Am.T @ Am
+    size = Am.sum(0)
+    ratio = inter / torch.minimum(size[:, None], size[None, :]).clamp_min(1)
+    dup = (ratio > thr) & (patch_id[:, None] != patch_id[None, :])
+    dup = torch.triu(dup, 1)
+    i, j = torch.nonzero(dup, as_tuple=True)
+    loser = torch.where(centrality[i] >= centrality[j], j, i)
+    keep = torch.ones(model.K, dtype=torch.bool, device=model.A.device)
+    keep[loser] = False
+    return keep
+
+
+def fit_patches(images, cfg, device, n_processes=1, mm_full=None):
+    """Patch-wise CNMF of the whole movie; see the module docstring.
+
+    Parameters
+    ----------
+    images : (T, d1, d2) array or memmap
+    cfg : dict of parameter groups
+    device : torch.device
+    n_processes : int
+    mm_full : MovieMatrix, optional
+        The full movie on ``device`` (made here when not given).
+
+    Returns
+    -------
+    Model on the whole field of view.
+    """
+    P = cfg["patch"]
+    mm = mm_full if mm_full is not None else MovieMatrix(images, device)
+    d1, d2 = mm.dims
+    d, T = mm.d, mm.T
+    regions = patch_regions((d1, d2), P["rf"], P["stride"])
+    models = _patch_models(images, regions, cfg, device, n_processes)
+    Ks = [m.K for m in models]
+    nbs = [m.b.shape[1] for m in models]
+    Ktot, NB = int(sum(Ks)), int(sum(nbs))
+    A = torch.zeros((d, Ktot), device=device)
+    B = torch.zeros((d, NB), device=device)
+    Bmask = torch.zeros((d, NB), dtype=torch.bool, device=device)
+    sn = torch.zeros(d, device=device)
+    C = torch.cat([m.C for m in models], 0) if Ktot else torch.zeros((0, T), device=device)
+    YrA = torch.cat([m.YrA for m in models], 0) if Ktot else torch.zeros((0, T), device=device)
+    Fb = torch.cat([m.f for m in models], 0)
+    patch_id = torch.cat([torch.full((k,), i, device=device) for i, k in enumerate(Ks)]) \
+        if Ktot else torch.zeros(0, device=device)
+    centrality = torch.zeros(Ktot, device=device)
+    ok, ob = 0, 0
+    for r, m in zip(regions, models):
+        idx = torch.as_tensor(r.pixel_index(d1), device=device)
+        A[idx, ok:ok + m.K] = m.A
+        B[idx, ob:ob + m.b.shape[1]] = m.b
+        Bmask[idx, ob:ob + m.b.shape[1]] = True
+        sn[idx] = m.sn
+        if m.K:
+            h, w = r.dims
+            ii = torch.arange(h, device=device, dtype=torch.float32).repeat(w)
+            jj = torch.arange(w, device=device, dtype=torch.float32).repeat_interleave(h)
+            wsum = m.A.sum(0).clamp_min(1e-12)
+            ci, cj = (ii @ m.A) / wsum, (jj @ m.A) / wsum
+            centrality[ok:ok + m.K] = torch.minimum(torch.minimum(ci, h - 1 - ci),
+                                                    torch.minimum(cj, w - 1 - cj))
+        ok += m.K
+        ob += m.b.shape[1]
+    bp = int(P["border_pix"])
+    if bp > 0:
+        edge = torch.zeros((d1, d2), dtype=torch.bool, device=device)
+        edge[:bp], edge[-bp:], edge[:, :bp], edge[:, -bp:] = True, True, True, True
+        A[edge.T.reshape(-1)] = 0
+    model = Model(A=A, C=C, b=B, f=Fb, sn=sn, YrA=YrA)
+    keep = (A > 0).any(0) & (C.amax(1) > 0) if Ktot else torch.zeros(0, dtype=torch.bool)
+    patch_id, centrality = patch_id[keep], centrality[keep]
+    model.select(keep)
+    nb = int(cfg["init"]["nb"])
+    if P["low_rank_background"]:
+        model.b, model.f = compress_background(B, Fb, nb)
+    else:
+        model.b_mask = Bmask
+    p_patch = int(P["p_patch"])
+    if P["del_duplicates"]:
+        model.select(_delete_duplicates(model, patch_id, centrality))
+    elif cfg["merge"]["do_merge"]:
+        for _ in range(_MAX_MERGE_ROUNDS):
+            if merge_step(model, cfg, p=p_patch) == 0:
+                break
+    model.b = update_background(mm, model.A, model.b, model.C, model.f, model.b_mask)
+    if P["skip_refinement"]:
+        model.YrA = compute_residuals(mm, model.A, model.b, model.C, model.f)
+    else:
+        temporal_step(mm, model, cfg)
+    model.timings = {}
+    return model
