@@ -255,13 +255,6 @@ def _motion_dict(mc) -> dict:
     return out
 
 
-def _estimates_dict(est) -> dict:
-    fields = {k: v for k, v in vars(est).items() if not k.startswith("_")}
-    if fields.get("R") is fields.get("YrA"):
-        fields.pop("R", None)   # an alias of YrA: store it once
-    return fields
-
-
 def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                  keep_memmap: bool = False, work_dir=None, n_processes: int | None = None,
                  ) -> PipelineResult:
@@ -299,7 +292,6 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         Bad inputs, found before any work is done; no output file is left.
     """
     from .cnmf import CNMF
-    from .evaluation import evaluate_components
     from .io import load_memmap
     from .io.results import save_results
     from .motion import MotionCorrect
@@ -351,12 +343,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         est = cnm.estimates
 
         def evaluate():
-            q = evaluate_components(images, est.A, est.C, est.b, est.f, est.YrA, mm_dims,
-                                    run_params.data["fr"], run_params.data["decay_time"],
-                                    run_params.get_group("quality"), run_params.use_cuda,
-                                    gSig=run_params.init["gSig"])
-            for k, v in q.items():
-                setattr(est, k, v)
+            est.evaluate_components(images, run_params)
             imgs = summary_images(images, use_cuda=params.use_cuda)
             est.Cn = imgs.pop("Cn")
             return imgs
@@ -368,7 +355,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                  "run": {"fnames": list(paths), "n_frames": int(T),
                          "device": backend.describe(device),
                          "memmap_files": list(kept)}}
-        stages.run("save", save_results, out_path, run_params, _estimates_dict(est),
+        stages.run("save", save_results, out_path, run_params, est.to_dict(),
                    motion=_motion_dict(mc), extra=extra)
     finally:
         if mc is not None and hasattr(mc, "source"):

@@ -5,7 +5,7 @@
 Modules: products (block-wise A'Y, YC'), preprocessing, initialization,
 spatial, temporal, background, merging, patches, engine, cnmf.
 """
-from .cnmf import CNMF
+from .cnmf import CNMF, load_CNMF
 from .estimates import Estimates
 
-__all__ = ["CNMF", "Estimates"]
+__all__ = ["CNMF", "Estimates", "load_CNMF"]

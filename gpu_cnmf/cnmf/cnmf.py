@@ -209,6 +209,13 @@ class CNMF:
         cnm._refit_from = True
         return cnm.fit(images)
 
+    def save(self, filename):
+        """Write params and estimates to HDF5 in CaImAn's ``cnmf.save`` layout
+        (to a temporary name, then renamed). Returns the path."""
+        from ..io.results import save_results
+
+        return save_results(filename, self.params, self.estimates.to_dict())
+
     # ------------------------------------------------------------- helpers
     def _fit_cnmfe(self, images):
         """1p movies: CNMF-E (corr-PNR seeds, ring background), see
@@ -277,3 +284,15 @@ class CNMF:
         est.timings = dict(model.timings)
         est.normalize_components()
         self.estimates = est
+
+
+def load_CNMF(filename, n_processes=1, dview=None):
+    """A CNMF object from a file written by :meth:`CNMF.save` (or by
+    ``gpu-cnmf run``), with its params and estimates."""
+    from ..io.results import load_results
+
+    saved = load_results(filename)
+    cnm = CNMF(n_processes, params=saved["params"], dview=dview)
+    cnm.estimates = Estimates.from_dict(saved["estimates"])
+    cnm.dims = cnm.estimates.dims
+    return cnm

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import ParameterError
+
 
 class Estimates:
     """Container of CNMF results (see the module docstring for the names)."""
@@ -58,6 +60,24 @@ class Estimates:
         # timings per stage, seconds
         self.timings = {}
 
+    def to_dict(self) -> dict:
+        """Public fields by name, for result files (``R``, an alias of
+        ``YrA``, is stored once)."""
+        fields = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        if fields.get("R") is fields.get("YrA"):
+            fields.pop("R", None)
+        return fields
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Estimates":
+        """Inverse of :meth:`to_dict`."""
+        est = cls(dims=fields.get("dims"))
+        for name, value in fields.items():
+            setattr(est, name, value)
+        if "R" not in fields:
+            est.R = est.YrA
+        return est
+
     @property
     def nr(self) -> int:
         """Number of components."""
@@ -87,8 +107,52 @@ class Estimates:
             self.f = self.f * nB[:, None]
         return self
 
-    def select_components(self, idx):
-        """Keep only components ``idx`` (indices or boolean mask), in place."""
+    def evaluate_components(self, images, params, dview=None):
+        """Score every component and split them into accepted and rejected.
+
+        Sets ``idx_components``, ``idx_components_bad``, ``SNR_comp``,
+        ``r_values`` and ``cnn_preds`` with the ``quality`` parameters of
+        ``params`` (a CNMFParams), as CaImAn does. ``dview`` is accepted for
+        compatibility and ignored. Returns self.
+        """
+        from ..evaluation import evaluate_components
+
+        res = evaluate_components(images, self.A, self.C, self.b, self.f, self.YrA, self.dims,
+                                  params.data["fr"], params.data["decay_time"],
+                                  params.get_group("quality"), use_cuda=params.use_cuda,
+                                  gSig=params.init["gSig"])
+        for name, value in res.items():
+            setattr(self, name, value)
+        return self
+
+    def detrend_df_f(self, quantileMin=8, frames_window=500, flag_auto=True, use_fast=False,
+                     use_residuals=True, detrend_only=False):
+        """ΔF/F of every component into ``F_dff`` (see
+        :func:`gpu_cnmf.evaluation.detrend_df_f`). Returns self."""
+        from ..evaluation import detrend_df_f
+
+        self.F_dff = detrend_df_f(self.A, self.b, self.C, self.f,
+                                  YrA=self.YrA if use_residuals else None,
+                                  quantileMin=quantileMin, frames_window=frames_window,
+                                  flag_auto=flag_auto, use_fast=use_fast,
+                                  detrend_only=detrend_only)
+        return self
+
+    def remove_components(self, ind_rm):
+        """Drop components ``ind_rm`` (indices or boolean mask), in place."""
+        ind_rm = np.asarray(ind_rm)
+        keep = np.ones(self.nr, dtype=bool)
+        keep[np.flatnonzero(ind_rm) if ind_rm.dtype == bool else ind_rm.astype(int)] = False
+        return self.select_components(keep)
+
+    def select_components(self, idx=None, use_object=False):
+        """Keep only components ``idx`` (indices or boolean mask), in place;
+        with ``use_object=True`` keep the accepted ``idx_components``."""
+        if use_object or idx is None:
+            if self.idx_components is None:
+                raise ParameterError("select_components: no idx given and no "
+                                     "idx_components yet (run evaluate_components first)")
+            idx = self.idx_components
         idx = np.asarray(idx)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
