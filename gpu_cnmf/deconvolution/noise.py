@@ -90,8 +90,11 @@ def psd_noise(Y: torch.Tensor, noise_range=(0.25, 0.5), noise_method="mean",
     band = band.to(Y.device)
     # A Hann taper: the sidelobes of a rectangular window decay only as 1/f^2,
     # so large slow transients leak into the high band and inflate sn.
+    # The FFT runs in the input's precision (float32 on the device is 4x
+    # faster than float64); only the periodogram averages are float64.
+    work = Y.dtype if Y.dtype in (torch.float32, torch.float64) else torch.float32
     win = torch.hann_window(n, periodic=False, dtype=torch.float64, device=Y.device)
-    win = win / win.square().sum().sqrt()
+    win = (win / win.square().sum().sqrt()).to(work)
     step = starts[1] - starts[0] if len(starts) > 1 else n
     regular = all(b - a == step for a, b in zip(starts, starts[1:]))
     idx = (torch.as_tensor(starts, device=Y.device)[:, None]
@@ -99,13 +102,13 @@ def psd_noise(Y: torch.Tensor, noise_range=(0.25, 0.5), noise_method="mean",
     out = torch.empty(N, dtype=torch.float64, device=Y.device)
     rows = max(1, _FFT_BLOCK // (n * len(starts)))
     for r0 in range(0, N, rows):
-        blk = Y[r0:r0 + rows].to(torch.float64)
+        blk = Y[r0:r0 + rows].to(work)
         # (rows, pieces, n): a strided view for Welch's layout, a gather otherwise
         seg = blk.unfold(1, n, step)[:, :len(starts)] if regular else blk[:, idx]
         seg = (seg - seg.mean(dim=2, keepdim=True)) * win
         # every bin of every piece: exponential with mean sigma^2 for white noise
         f = torch.fft.rfft(seg, dim=2).index_select(2, band)
-        pxx = torch.view_as_real(f).square().sum(dim=-1).flatten(1)
+        pxx = torch.view_as_real(f).square().sum(dim=-1).flatten(1).double()
         if noise_method == "mean":
             v = pxx.mean(dim=1)
         elif noise_method == "median":
