@@ -227,7 +227,8 @@ class CNMF:
         for name in ("A", "C", "S", "YrA", "sn", "g", "bl", "c1", "neurons_sn", "b", "f"):
             setattr(est, name, res.get(name))
         est.R = est.YrA
-        est.b0, est.W, est.ring = res.get("b0"), res.get("W"), res.get("ring")
+        # the ring model is kept as CaImAn keeps it: the sparse W and b0
+        est.b0, est.W = res.get("b0"), res.get("W")
         est.Cn, est.pnr = res.get("Cn"), res.get("pnr")
         est.timings = dict(res.get("timings") or {})
         self.dims = est.dims

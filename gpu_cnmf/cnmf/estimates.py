@@ -20,6 +20,9 @@ g : ndarray (K, p)
     ``neurons_sn`` noise of each trace, ``lam`` sparsity penalties.
 dims : tuple
     Frame shape.
+W : scipy.sparse (pixels x pixels), b0 : ndarray (pixels,)
+    One-photon data (CNMF-E): the ring model of the background,
+    ``B = W (Y - A C - b0 1') + b0 1'``, in place of ``b f``.
 """
 from __future__ import annotations
 
@@ -57,6 +60,12 @@ class Estimates:
         self.r_values = None
         self.cnn_preds = None
         self.F_dff = None
+        # one-photon (CNMF-E) ring background: B = W (Y - A C - b0) + b0
+        self.W = None
+        self.b0 = None
+        # summary images (local correlation, peak-to-noise ratio)
+        self.Cn = None
+        self.pnr = None
         # timings per stage, seconds
         self.timings = {}
 

@@ -1,0 +1,487 @@
+"""CNMF-E's initialisation: seeds from the correlation and PNR images.
+
+Zhou et al. (2018, eLife) initialise one-photon movies without a background
+model: the frames are filtered with a mean-centred Gaussian
+(:func:`gpu_cnmf.summary.psf_kernel`), which removes the smooth background
+and keeps neuron-sized blobs. On the filtered movie two images are computed
+(the definitions of :func:`gpu_cnmf.summary.correlation_pnr`):
+
+- ``pnr``: peak-to-noise ratio, ``(max_t y - mean_t y) / sn``;
+- ``Cn``: local correlation of each pixel with its 8 neighbours, of the
+  movie standardised by mean and noise and set to 0 below 3 noise stds.
+
+A pixel with ``Cn >= min_corr`` and ``pnr >= min_pnr`` that maximises
+``Cn * pnr`` locally seeds a neuron. Its trace starts as the filtered trace
+at the seed; its footprint is the regression, over the ``gSiz`` box of the
+raw movie, of each pixel on that trace, a local background trace (median of
+the box pixels away from and uncorrelated with the seed) and a constant;
+pixels with a significant positive coefficient connected to the seed form
+the footprint, and the trace is re-read from the background-corrected box
+through it. The neuron is subtracted from the raw and filtered movies and
+the images are recomputed before the next seeds are taken.
+
+The paper takes one seed at a time. Here each round takes every seed whose
+``gSiz`` box is disjoint from the boxes of better seeds of the round (their
+fits do not interact), fits all of them in one batch, subtracts them and
+recomputes the images; the search stops when no pixel passes both
+thresholds.
+
+``init_iter`` passes: after the first, the ring background
+(:mod:`.ring_model`) is fitted to ``Y - A C``, the components are refined
+by HALS on ``Y - B``, and the search runs again on the residual
+``Y - B - A C`` for neurons the background hid.
+
+Names: ``A`` footprints (pixels x K, Fortran pixel order), ``C`` traces
+(K x T), ``b0`` and ``W`` the ring background (see :mod:`.ring_model`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ParameterError
+from ..summary import psf_kernel, spatial_filter
+from .morphology import from_images
+from .ring_model import _frames_view, fit_background, movie_matrix, ring_radius
+
+# z-score below which the filtered movie is zeroed for the correlation image
+# (summary.correlation_pnr's threshold).
+Z_THRESHOLD = 3.0
+# Filtered-trace correlation under which a box pixel may serve as background.
+BG_CORR = 0.3
+# Footprint pixels: coefficient t-statistic and fraction of the peak.
+T_MIN = 3.0
+REL_MIN = 0.1
+# Safety bound on seed rounds per pass.
+MAX_ROUNDS = 100
+# Budget (bytes) for the gathered boxes of one batch of seeds.
+_BOX_BYTES = 256 * 2 ** 20
+# Frames per chunk of the filtering and image passes.
+_CHUNK_ELEMS = 2 ** 20
+
+
+def check_parameters(gSig, gSiz, min_corr, min_pnr, ring_size_factor, ssub_B, init_iter,
+                     seed_method, nb):
+    """Validate the corr-PNR parameters; returns ``(gSig, gSiz)`` as
+    2-tuples (``gSiz`` defaulting to ``2 gSig + 1``)."""
+    if seed_method in ("manual", "semi"):
+        raise ParameterError(
+            f"seed_method={seed_method!r} picks seeds by clicking on the correlation/PNR "
+            "images in an interactive figure, which is not available in this "
+            "non-interactive engine; use seed_method='auto' (tune min_corr/min_pnr) or pass "
+            "footprints as Ain")
+    if seed_method != "auto":
+        raise ParameterError(f"seed_method: expected 'auto', 'manual' or 'semi', got {seed_method!r}")
+    g = np.atleast_1d(np.asarray(gSig, dtype=float)).ravel()
+    if g.size == 1:
+        g = np.repeat(g, 2)
+    if g.size != 2 or not np.all(g > 0):
+        raise ParameterError(f"gSig: expected one or two positive neuron radii, got {gSig!r}")
+    if gSiz is None:
+        s = np.round(2 * g + 1).astype(int)
+    else:
+        s = np.atleast_1d(np.asarray(gSiz, dtype=float)).ravel()
+        if s.size == 1:
+            s = np.repeat(s, 2)
+        if s.size != 2 or not np.all(s >= 1):
+            raise ParameterError(f"gSiz: expected one or two box half-sizes >= 1, got {gSiz!r}")
+        s = np.round(s).astype(int)
+    if not (min_pnr is not None and float(min_pnr) > 0):
+        raise ParameterError(f"min_pnr: expected a peak-to-noise ratio > 0, got {min_pnr!r}")
+    if not (min_corr is not None and -1 <= float(min_corr) <= 1):
+        raise ParameterError(f"min_corr: expected a correlation in [-1, 1], got {min_corr!r}")
+    if not float(ring_size_factor) > 0:
+        raise ParameterError(f"ring_size_factor: expected > 0, got {ring_size_factor!r}")
+    if not (float(ssub_B) >= 1 and float(ssub_B) == round(float(ssub_B))):
+        raise ParameterError(f"ssub_B: expected an integer >= 1, got {ssub_B!r}")
+    if int(init_iter) < 1:
+        raise ParameterError(f"init_iter: expected an integer >= 1, got {init_iter!r}")
+    if int(nb) < -1:
+        raise ParameterError(f"nb: expected an integer >= -1, got {nb!r}")
+    return tuple(float(x) for x in g), tuple(int(x) for x in s)
+
+
+# --------------------------------------------------------------------------
+# images
+
+def filter_movie(frames, kernel):
+    """:func:`gpu_cnmf.summary.spatial_filter` over (T, d1, d2) in chunks."""
+    T, d1, d2 = frames.shape
+    out = torch.empty((T, d1, d2), dtype=torch.float32, device=frames.device)
+    step = max(1, _CHUNK_ELEMS // (d1 * d2))
+    for t0 in range(0, T, step):
+        out[t0:t0 + step] = spatial_filter(frames[t0:t0 + step], kernel)
+    return out
+
+
+def frame_noise(frames, noise_range=(0.25, 0.5), noise_method="mean"):
+    """Noise std of each pixel of (T, d1, d2) frames -> (d1, d2)."""
+    from ..deconvolution import estimate_noise
+
+    T, d1, d2 = frames.shape
+    flat = frames.reshape(T, d1 * d2)
+    out = torch.empty(d1 * d2, dtype=torch.float32, device=frames.device)
+    step = max(1, _CHUNK_ELEMS // T)
+    for p0 in range(0, d1 * d2, step):
+        s = estimate_noise(flat[:, p0:p0 + step].T.contiguous(), noise_range=tuple(noise_range),
+                           noise_method=noise_method)
+        out[p0:p0 + step] = torch.as_tensor(s, device=frames.device, dtype=torch.float32)
+    return out.reshape(d1, d2)
+
+
+_HALF_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _pair_region(dy, dx, h, w):
+    """Slices of the first and second pixel of the pairs (p, p + (dy, dx))."""
+    y0, y1 = max(0, -dy), h - max(0, dy)
+    x0, x1 = max(0, -dx), w - max(0, dx)
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 + dy, y1 + dy), slice(x0 + dx, x1 + dx))
+
+
+def corr_pnr_images(Yf, sn, threshold=Z_THRESHOLD):
+    """Correlation and PNR images of a filtered movie held on the device.
+
+    Parameters
+    ----------
+    Yf : (T, d1, d2) tensor
+        Spatially filtered movie (or residual).
+    sn : (d1, d2) tensor
+        Noise std of the filtered pixels.
+    threshold : float
+        z-score below which frames are zeroed for the correlations.
+
+    Returns
+    -------
+    Cn, pnr : (d1, d2) tensors
+    """
+    T, h, w = Yf.shape
+    dev = Yf.device
+    mean = Yf.mean(0)
+    ok = sn > 0
+    inv = torch.where(ok, 1.0 / sn.clamp_min(1e-30), torch.zeros_like(sn))
+    pnr = ((Yf.amax(0) - mean) * inv).clamp_min(0)
+    S1 = torch.zeros((h, w), dtype=torch.float64, device=dev)
+    S2 = torch.zeros_like(S1)
+    S12 = [torch.zeros_like(S1) for _ in _HALF_NEIGHBOURS]
+    # float32 sums over short chunks of frames, accumulated in float64
+    step = max(1, _CHUNK_ELEMS // (h * w))
+    for t0 in range(0, T, step):
+        z = (Yf[t0:t0 + step] - mean) * inv
+        z.masked_fill_(z < threshold, 0.0)
+        S1 += z.sum(0).double()
+        S2 += (z * z).sum(0).double()
+        for k, (dy, dx) in enumerate(_HALF_NEIGHBOURS):
+            (ya, xa), (yb, xb) = _pair_region(dy, dx, h, w)
+            S12[k][ya, xa] += (z[:, ya, xa] * z[:, yb, xb]).sum(0).double()
+    m = S1 / T
+    sd = (S2 / T - m * m).clamp_min(0).sqrt()
+    acc = torch.zeros_like(S1)
+    cnt = torch.zeros_like(S1)
+    for k, (dy, dx) in enumerate(_HALF_NEIGHBOURS):
+        (ya, xa), (yb, xb) = _pair_region(dy, dx, h, w)
+        den = sd[ya, xa] * sd[yb, xb]
+        rho = torch.where(den > 0, (S12[k][ya, xa] / T - m[ya, xa] * m[yb, xb])
+                          / den.clamp_min(1e-300), torch.zeros_like(den))
+        acc[ya, xa] += rho
+        acc[yb, xb] += rho
+        cnt[ya, xa] += 1
+        cnt[yb, xb] += 1
+    Cn = (acc / cnt.clamp_min(1)).float()
+    return Cn, pnr.float()
+
+
+# --------------------------------------------------------------------------
+# seeds
+
+def pick_seeds(Cn, pnr, min_corr, min_pnr, blocked, gSig, gSiz, max_seeds=None):
+    """Seeds of one round: local maxima of ``Cn * pnr`` over both
+    thresholds, best first, each ``gSiz`` box disjoint from the better
+    seeds' boxes.
+
+    Returns
+    -------
+    (n, 2) int64 ndarray of (row, col)
+    """
+    ok = (Cn >= min_corr) & (pnr >= min_pnr) & ~blocked
+    if not bool(ok.any()):
+        return np.zeros((0, 2), np.int64)
+    score = torch.where(ok, Cn * pnr, torch.zeros_like(Cn))
+    ry, rx = (max(1, int(math.ceil(g))) for g in gSig)
+    peak = F.max_pool2d(score[None, None], (2 * ry + 1, 2 * rx + 1), stride=1,
+                        padding=(ry, rx))[0, 0]
+    cand = torch.nonzero(ok & (score >= peak)).cpu().numpy()
+    vals = score[cand[:, 0], cand[:, 1]].cpu().numpy() if len(cand) else np.zeros(0)
+    order = np.argsort(-vals, kind="stable")
+    chosen = []
+    sy, sx = 2 * gSiz[0], 2 * gSiz[1]
+    for i in order:
+        y, x = cand[i]
+        if all(abs(y - cy) > sy or abs(x - cx) > sx for cy, cx in chosen):
+            chosen.append((y, x))
+            if max_seeds is not None and len(chosen) >= max_seeds:
+                break
+    return np.asarray(chosen, dtype=np.int64).reshape(-1, 2)
+
+
+def _flood(mask, start, n_iter):
+    """Pixels of ``mask`` (n, H, W) 8-connected to ``start`` within it."""
+    m = start & mask
+    x = mask.float()[:, None]
+    mf = m.float()[:, None]
+    for _ in range(n_iter):
+        new = F.max_pool2d(mf, 3, stride=1, padding=1) * x
+        if bool((new == mf).all()):
+            break
+        mf = new
+    return mf[:, 0] > 0
+
+
+def fit_seeds(Yres, Yf, seeds, gSig, gSiz, min_pixels):
+    """Footprints and traces of a batch of seeds with disjoint boxes.
+
+    Parameters
+    ----------
+    Yres : (T, d1, d2) tensor
+        Raw movie (residual of the components found so far).
+    Yf : (T, d1, d2) tensor
+        Its filtered version.
+    seeds : (n, 2) int array
+    min_pixels : int
+        Smallest footprint accepted.
+
+    Returns
+    -------
+    A_img : (m, d1, d2) footprints (peak 1), C : (m, T) traces, ok : (n,)
+    bool ndarray telling which seeds gave a neuron (m of them).
+    """
+    T, h, w = Yres.shape
+    dev = Yres.device
+    gy, gx = gSiz
+    by, bx = 2 * gy + 1, 2 * gx + 1
+    P = by * bx
+    n_all = len(seeds)
+    per = max(1, int(_BOX_BYTES // max(1, 2 * P * T * 4)))
+    imgs, traces, oks = [], [], []
+    oy = torch.arange(-gy, gy + 1, device=dev)
+    ox = torch.arange(-gx, gx + 1, device=dev)
+    dist = torch.sqrt((oy[:, None].float() / max(gSig[0], 1e-6)) ** 2
+                      + (ox[None, :].float() / max(gSig[1], 1e-6)) ** 2).reshape(-1)
+    for s0 in range(0, n_all, per):
+        sd = torch.as_tensor(seeds[s0:s0 + per], device=dev)
+        n = sd.shape[0]
+        I = sd[:, :1] + oy[None]
+        J = sd[:, 1:] + ox[None]
+        vy = (I >= 0) & (I < h)
+        vx = (J >= 0) & (J < w)
+        valid = (vy[:, :, None] & vx[:, None, :]).reshape(n, P)
+        Ic, Jc = I.clamp(0, h - 1), J.clamp(0, w - 1)
+        Yb = Yres[:, Ic[:, :, None], Jc[:, None, :]].permute(1, 2, 3, 0).reshape(n, P, T)
+        Fb = Yf[:, Ic[:, :, None], Jc[:, None, :]].permute(1, 2, 3, 0).reshape(n, P, T)
+        cf = Yf[:, sd[:, 0], sd[:, 1]].T                                   # (n, T)
+        cc = cf - cf.mean(1, keepdim=True)
+        Fc = Fb - Fb.mean(2, keepdim=True)
+        rho = torch.einsum("npt,nt->np", Fc, cc) / (
+            Fc.norm(dim=2) * cc.norm(dim=1, keepdim=True)).clamp_min(1e-12)
+        del Fb, Fc
+        # local background trace: median of far, uncorrelated box pixels
+        bg = valid & (rho < BG_CORR) & (dist[None] >= 2.0)
+        few = bg.sum(1) < 5
+        if bool(few.any()):
+            bg[few] = valid[few] & (rho[few] < BG_CORR)
+        ybg = torch.where(bg[:, :, None], Yb, torch.full_like(Yb, float("nan")))
+        ybg = torch.nanmedian(ybg, dim=1).values
+        ybg = torch.nan_to_num(ybg, nan=0.0)
+        bc = ybg - ybg.mean(1, keepdim=True)
+        X = torch.stack([cc, bc], 1)                                       # (n, 2, T)
+        G = X @ X.transpose(1, 2)
+        G = G + 1e-6 * torch.diagonal(G, dim1=1, dim2=2).sum(1)[:, None, None] \
+            * torch.eye(2, device=dev)
+        Gi = torch.linalg.inv(G.double()).float()
+        Yc = Yb - Yb.mean(2, keepdim=True)
+        del Yb
+        rhs = Yc @ X.transpose(1, 2)                                       # (n, P, 2)
+        coef = rhs @ Gi                                                    # (n, P, 2)
+        rss = (Yc * Yc).sum(2) - (coef * rhs).sum(2)
+        s2 = rss.clamp_min(0) / max(T - 3, 1)
+        se = torch.sqrt(s2 * Gi[:, 0, 0][:, None]).clamp_min(1e-12)
+        a = coef[..., 0].clamp_min(0) * valid
+        keep = (a / se >= T_MIN) & (a >= REL_MIN * a.amax(1, keepdim=True))
+        keep = keep.reshape(n, by, bx)
+        start = (dist <= 1.0).reshape(1, by, bx).expand(n, by, bx)
+        keep = _flood(keep, start, by + bx)
+        a = (a.reshape(n, by, bx) * keep).reshape(n, P)
+        ok = (keep.reshape(n, P).sum(1) >= min_pixels) & (a.amax(1) > 0)
+        a = a / a.amax(1, keepdim=True).clamp_min(1e-30)
+        # trace through the footprint, background part removed
+        Yc -= coef[..., 1:2] * bc[:, None, :]
+        c = torch.einsum("np,npt->nt", a, Yc) / (a * a).sum(1, keepdim=True).clamp_min(1e-12)
+        del Yc
+        c = (c - c.median(1, keepdim=True).values).clamp_min(0)
+        ok &= c.amax(1) > 0
+        # paste the boxes into full frames
+        full = torch.zeros((n, h + 2 * gy, w + 2 * gx), device=dev)
+        aimg = a.reshape(n, by, bx) * valid.reshape(n, by, bx)
+        for k in torch.nonzero(ok).flatten().tolist():
+            y, x = int(sd[k, 0]), int(sd[k, 1])
+            full[k, y:y + by, x:x + bx] = aimg[k]
+        imgs.append(full[ok][:, gy:gy + h, gx:gx + w])
+        traces.append(c[ok])
+        oks.append(ok.cpu().numpy())
+    if not imgs:
+        return (torch.zeros((0, h, w), device=dev), torch.zeros((0, T), device=dev),
+                np.zeros(0, bool))
+    return torch.cat(imgs), torch.cat(traces), np.concatenate(oks)
+
+
+def greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked, max_neurons=None,
+                  noise_range=(0.25, 0.5), noise_method="mean", return_images=False):
+    """Rounds of seeding, fitting and subtracting on a raw residual movie.
+
+    Parameters
+    ----------
+    Yres : (T, d1, d2) tensor
+        Raw residual, modified in place (found neurons subtracted).
+    kernel : ndarray
+        The filter of the seed images.
+    blocked : (d1, d2) bool tensor
+        Pixels not to seed from; updated in place around every seed tried.
+    max_neurons : int, optional
+        Stop after this many neurons.
+
+    Returns
+    -------
+    A_img (K, d1, d2), C (K, T), info dict (Cn, pnr of the first round,
+    rounds, seeds)
+    """
+    T, h, w = Yres.shape
+    dev = Yres.device
+    Yf = filter_movie(Yres, kernel)
+    sn = frame_noise(Yf, noise_range, noise_method)
+    min_pixels = max(4, int(round(0.5 * gSig[0] * gSig[1])))
+    yy = torch.arange(h, device=dev, dtype=torch.float32)[:, None]
+    xx = torch.arange(w, device=dev, dtype=torch.float32)[None, :]
+    imgs, traces, seeds_all = [], [], []
+    info = dict(rounds=0)
+    found = 0
+    for rnd in range(MAX_ROUNDS):
+        Cn, pnr = corr_pnr_images(Yf, sn)
+        if rnd == 0:
+            info["Cn"], info["pnr"] = Cn.cpu().numpy(), pnr.cpu().numpy()
+        left = None if max_neurons is None else max_neurons - found
+        if left is not None and left <= 0:
+            break
+        seeds = pick_seeds(Cn, pnr, min_corr, min_pnr, blocked, gSig, gSiz, left)
+        if len(seeds) == 0:
+            break
+        info["rounds"] = rnd + 1
+        for y, x in seeds:
+            blocked |= ((yy - float(y)) / gSig[0]) ** 2 + ((xx - float(x)) / gSig[1]) ** 2 <= 1.0
+        A_img, C, ok = fit_seeds(Yres, Yf, seeds, gSig, gSiz, min_pixels)
+        seeds_all.append(seeds[ok])
+        if A_img.shape[0] == 0:
+            continue
+        found += A_img.shape[0]
+        # subtract from the raw and the filtered residual (filtering is linear)
+        Yres -= (C.T @ A_img.reshape(-1, h * w)).reshape(T, h, w)
+        Af = spatial_filter(A_img, kernel)
+        Yf -= (C.T @ Af.reshape(-1, h * w)).reshape(T, h, w)
+        imgs.append(A_img)
+        traces.append(C)
+    del Yf
+    info["seeds"] = np.concatenate(seeds_all) if seeds_all else np.zeros((0, 2), np.int64)
+    if not imgs:
+        return torch.zeros((0, h, w), device=dev), torch.zeros((0, T), device=dev), info
+    return torch.cat(imgs), torch.cat(traces), info
+
+
+def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_size_factor=1.5,
+                        ssub_B=2, init_iter=2, center_psf=True, seed_method="auto", nb=0,
+                        device="cpu", dims=None, K=None, noise_range=(0.25, 0.5),
+                        noise_method="mean", hals_iter=2):
+    """CNMF-E initialisation (see the module docstring).
+
+    Parameters
+    ----------
+    Y : (T, d1, d2) array / memory map / tensor, or (d, T) tensor with ``dims``
+    gSig : int or (int, int)
+        Neuron radius (px); width of the seed filter.
+    gSiz : int or (int, int), optional
+        Half-size of each neuron's box (default ``2 gSig + 1``).
+    min_corr, min_pnr : float
+        Seed thresholds on the correlation and PNR images.
+    ring_size_factor : float
+        Ring radius is ``round(ring_size_factor * gSiz)``.
+    ssub_B : int
+        Downsampling of the ring background fit.
+    init_iter : int
+        Passes of the seed search (ring background fitted between them).
+    center_psf : bool
+        Mean-centre the seed filter (1p data); False filters with a plain
+        Gaussian.
+    seed_method : 'auto'
+        'manual' and 'semi' need an interactive figure and raise.
+    nb : int
+        Only validated here: the ring model is what the search uses.
+    device : str or torch.device
+    K : int, optional
+        Largest number of neurons (None: as many as pass the thresholds).
+    hals_iter : int
+        HALS rounds on ``Y - B`` after each background fit.
+
+    Returns
+    -------
+    A : (d, K) tensor, C : (K, T) tensor, b0 : (d,) tensor,
+    ring : :class:`.ring_model.RingModel`, extra : dict (Cn, pnr of the
+    first search, seeds, rounds per pass)
+    """
+    from .initialization import hals_refine
+
+    gSig, gSiz = check_parameters(gSig, gSiz, min_corr, min_pnr, ring_size_factor, ssub_B,
+                                  init_iter, seed_method, nb)
+    dev = torch.device(device)
+    if isinstance(Y, torch.Tensor) and dims is not None:
+        Ymat = Y.to(dev, torch.float32)
+        dims = tuple(int(x) for x in dims)
+    else:
+        Ymat, dims = movie_matrix(Y, dev, dims)
+    d, T = Ymat.shape
+    ssub_B = int(round(float(ssub_B)))
+    radius = ring_radius(gSiz, ring_size_factor)
+    kernel = psf_kernel(gSig, bool(center_psf))
+    blocked = torch.zeros(dims, dtype=torch.bool, device=dev)
+    Yres = _frames_view(Ymat, dims).contiguous()
+    A_img, C, info = greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked,
+                                   K, noise_range, noise_method)
+    extra = dict(Cn=info["Cn"], pnr=info["pnr"], seeds=[info["seeds"]], rounds=[info["rounds"]])
+    A = from_images(A_img).contiguous()
+    empty_b, empty_f = Ymat.new_zeros((d, 0)), Ymat.new_zeros((0, T))
+    for _ in range(int(init_iter) - 1):
+        b0, ring, B = fit_background(Ymat, A, C, dims, radius, ssub_B)
+        Yhat = Ymat - B
+        del B
+        if A.shape[1]:
+            A, C, _, _ = hals_refine(Yhat, dims, A, C, empty_b, empty_f, maxIter=hals_iter)
+        left = None if K is None else int(K) - A.shape[1]
+        if left is not None and left <= 0:
+            break
+        Yhat -= A @ C
+        Yres = _frames_view(Yhat, dims).contiguous()
+        del Yhat
+        A2, C2, info = greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked,
+                                     left, noise_range, noise_method)
+        del Yres
+        extra["seeds"].append(info["seeds"])
+        extra["rounds"].append(info["rounds"])
+        if A2.shape[0]:
+            A = torch.cat([A, from_images(A2)], 1).contiguous()
+            C = torch.cat([C, C2], 0)
+    b0, ring, B = fit_background(Ymat, A, C, dims, radius, ssub_B)
+    if A.shape[1]:
+        A, C, _, _ = hals_refine(Ymat - B, dims, A, C, empty_b, empty_f, maxIter=hals_iter)
+    del B
+    keep = (A.amax(0) > 0) & (C.amax(1) > 0)
+    return A[:, keep].contiguous(), C[keep].contiguous(), b0, ring, extra

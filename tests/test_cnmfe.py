@@ -1,0 +1,233 @@
+"""CNMF-E: corr-PNR initialisation, ring background, the one-photon fit."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import devices  # noqa: F401  (documented helper; cuda case below)
+from gpu_cnmf.cnmf.corr_pnr import check_parameters, corr_pnr_images, filter_movie, \
+    frame_noise, initialize_corr_pnr
+from gpu_cnmf.cnmf.ring_model import RingModel, _frames_view, cnmfe_fit, downsample_pixels, \
+    fit_ring_weights, ring_background, ring_offsets, ring_radius, upsample_pixels
+from gpu_cnmf.errors import ParameterError
+from gpu_cnmf.metrics import roi_f1, trace_correlation
+from gpu_cnmf.params import CNMFParams
+from gpu_cnmf.summary import correlation_pnr, psf_kernel
+from gpu_cnmf.synthetic import make_movie
+
+DIMS, T, K = (96, 96), 600, 25
+
+
+def _params(**kw):
+    d = dict(fr=30, decay_time=0.4, p=1, gSig=[4, 4], center_psf=True, method_init="corr_pnr",
+             min_corr=0.8, min_pnr=5, K=None, nb=0, ssub_B=2, ring_size_factor=1.5, init_iter=2)
+    d.update(kw)
+    return CNMFParams(params_dict=d)
+
+
+@pytest.fixture(scope="module")
+def movie():
+    return make_movie("1p", dims=DIMS, n_frames=T, n_neurons=K, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fit_cpu(movie):
+    mov, _ = movie
+    return cnmfe_fit(mov, _params(), device="cpu")
+
+
+def _pixels(mov):
+    return torch.as_tensor(np.ascontiguousarray(mov.transpose(2, 1, 0)).reshape(-1, mov.shape[0]))
+
+
+# ---------------------------------------------------------------- accuracy
+
+def test_cnmfe_finds_neurons_and_traces(movie, fit_cpu):
+    _, truth = movie
+    r = roi_f1(truth.A, fit_cpu["A"], DIMS)
+    assert r["f1"] >= 0.85, r
+    corr = trace_correlation(truth.C, fit_cpu["C"], r["matched_true"], r["matched_est"])
+    assert np.median(corr) >= 0.85
+    # CaImAn's shapes and the model's pieces
+    n = fit_cpu["A"].shape[1]
+    assert fit_cpu["C"].shape == fit_cpu["S"].shape == fit_cpu["YrA"].shape == (n, T)
+    assert fit_cpu["b0"].shape == (DIMS[0] * DIMS[1],)
+    assert fit_cpu["W"].shape == (48 * 48, 48 * 48)
+    assert fit_cpu["b"].shape == (DIMS[0] * DIMS[1], 0)
+
+
+def test_ring_background_matches_truth(movie, fit_cpu):
+    mov, truth = movie
+    Y = _pixels(mov)
+    A = torch.as_tensor(fit_cpu["A"].toarray())
+    C = torch.as_tensor(fit_cpu["C"])
+    B = ring_background(fit_cpu["ring"], torch.as_tensor(fit_cpu["b0"]), Y - A @ C).numpy()
+    B_true = truth.b @ truth.f
+    rmse = np.sqrt(np.mean((B - B_true) ** 2))
+    cell = np.median(truth.C.max(1))
+    # the background is ~5x a cell's peak; its estimate is off by a few % of one
+    assert B_true.mean() > 3 * cell
+    assert rmse < 0.1 * cell, (rmse, cell)
+
+
+def test_seeded_cnmfe_from_true_footprints(movie):
+    mov, truth = movie
+    out = cnmfe_fit(mov[:300], _params(), Ain=truth.A, device="cpu", n_iter=1)
+    r = roi_f1(truth.A, out["A"], DIMS)
+    assert r["f1"] >= 0.95
+    corr = trace_correlation(truth.C[:, :300], out["C"], r["matched_true"], r["matched_est"])
+    assert np.median(corr) >= 0.9
+
+
+def test_low_rank_background_when_nb_positive(movie):
+    mov, truth = movie
+    out = cnmfe_fit(mov[:200], _params(nb=1, init_iter=1), Ain=truth.A, device="cpu", n_iter=1)
+    b, f = out["b"], out["f"]
+    assert b.shape == (DIMS[0] * DIMS[1], 1) and f.shape == (1, 200)
+    B_true = truth.b @ truth.f[:, :200]
+    rel = np.linalg.norm(b @ f - B_true) / np.linalg.norm(B_true)
+    assert rel < 0.05, rel
+
+
+@pytest.mark.gpu
+def test_cpu_gpu_agree(movie, fit_cpu):
+    mov, truth = movie
+    out = cnmfe_fit(mov, _params(), device="cuda")
+    r = roi_f1(fit_cpu["A"], out["A"], DIMS)
+    assert r["f1"] >= 0.98
+    corr = trace_correlation(fit_cpu["C"], out["C"], r["matched_true"], r["matched_est"])
+    assert np.median(corr) >= 0.98
+
+
+# ------------------------------------------------------------ seed images
+
+def test_seed_images_follow_summary_definition(movie):
+    mov, _ = movie
+    sub = mov[:300, :64, :64]
+    Cn_ref, pnr_ref = correlation_pnr(sub, [4, 4], center_psf=True)
+    Yf = filter_movie(torch.as_tensor(sub), psf_kernel([4, 4], True))
+    Cn, pnr = corr_pnr_images(Yf, frame_noise(Yf))
+    Cn, pnr = Cn.numpy(), pnr.numpy()
+    assert np.corrcoef(Cn.ravel(), Cn_ref.ravel())[0, 1] > 0.98
+    assert np.corrcoef(pnr.ravel(), pnr_ref.ravel())[0, 1] > 0.95
+    assert 0.8 < np.median(pnr / np.maximum(pnr_ref, 1e-6)) < 1.25
+
+
+def test_initialization_respects_K_cap(movie):
+    mov, truth = movie
+    A, C, b0, ring, extra = initialize_corr_pnr(mov[:300], 4, None, 0.8, 5, init_iter=1, K=6)
+    assert 1 <= A.shape[1] <= 6
+    assert C.shape == (A.shape[1], 300)
+    assert extra["Cn"].shape == DIMS and extra["pnr"].shape == DIMS
+    # every footprint found is a true neuron
+    r = roi_f1(truth.A, A.numpy(), DIMS)
+    assert r["precision"] == 1.0
+
+
+# -------------------------------------------------------------- ring model
+
+def test_ring_geometry():
+    assert ring_radius([9, 9], 1.5) == 14            # round(1.5 * 9), CaImAn's meaning
+    off = ring_offsets(5)
+    dist = np.hypot(off[:, 0], off[:, 1])
+    assert np.all(np.abs(dist - 5) < 0.5)
+    assert {tuple(o) for o in off} == {tuple(-o) for o in off}   # symmetric
+    assert (0, 5) in {tuple(o) for o in off}
+
+
+def test_down_and_upsampling_match_pooling():
+    import torch.nn.functional as F
+    gen = torch.Generator().manual_seed(0)
+    R = torch.randn(20 * 14, 30, generator=gen)
+    fr = _frames_view(R, (20, 14))
+    ref = F.avg_pool2d(fr[:, None], 2, 2)[:, 0]
+    Xd = downsample_pixels(R, (20, 14), 2)
+    assert torch.allclose(Xd.permute(2, 1, 0), ref, atol=1e-6)
+    up = upsample_pixels(Xd, (20, 14), 2)
+    ref_up = F.interpolate(ref[:, None], size=(20, 14), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(_frames_view(up, (20, 14)), ref_up, atol=1e-5)
+
+
+def test_ring_weights_are_per_pixel_least_squares():
+    gen = torch.Generator().manual_seed(1)
+    d1, d2, T_ = 22, 18, 60
+    R = torch.randn(d1 * d2, T_, generator=gen)
+    ring = fit_ring_weights(R, (d1, d2), 4, ssub_B=2, tile=4, ridge=0.0)
+    assert isinstance(ring, RingModel)
+    Xd = downsample_pixels(R, (d1, d2), 2)
+    w, h, _ = Xd.shape
+    for x, y in [(3, 4), (0, 0), (w - 1, 2), (5, h - 1)]:       # interior and borders
+        ks = [k for k, (dy, dx) in enumerate(ring.offsets) if 0 <= y + dy < h and 0 <= x + dx < w]
+        M = torch.stack([Xd[x + ring.offsets[k][1], y + ring.offsets[k][0]] for k in ks], 1)
+        ref = torch.linalg.lstsq(M.double(), Xd[x, y].double()[:, None]).solution[:, 0]
+        got = ring.weights[x, y, ks].double()
+        assert torch.allclose(got, ref, atol=1e-4), (x, y)
+        outside = [k for k in range(len(ring.offsets)) if k not in ks]
+        assert torch.all(ring.weights[x, y, outside] == 0)
+    # W as a sparse matrix applies the same operator
+    W = ring.to_sparse()
+    Bd = ring.apply_downsampled(Xd).reshape(-1, T_).numpy()
+    np.testing.assert_allclose(W @ Xd.reshape(-1, T_).numpy(), Bd, atol=1e-4)
+
+
+def test_ring_recovers_smooth_background():
+    # a background of smooth fields with their own time courses is predicted
+    # from its ring almost exactly (no neurons present)
+    gen = np.random.default_rng(3)
+    d1 = d2 = 40
+    yy, xx = np.mgrid[:d1, :d2]
+    fields = [np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 15.0 ** 2))
+              for cy, cx in [(10, 12), (30, 25), (20, 38)]]
+    b = np.stack([f.ravel(order="F") for f in fields], 1)
+    f = 1 + 0.3 * gen.standard_normal((3, 400)).cumsum(1) / 10
+    B = torch.as_tensor(10 * b @ f, dtype=torch.float32)
+    R = B - B.mean(1, keepdim=True)
+    ring = fit_ring_weights(R, (d1, d2), ring_radius([7, 7], 1.5), ssub_B=2)
+    from gpu_cnmf.cnmf.ring_model import ring_fluctuation
+    err = (ring_fluctuation(ring, R) - R).pow(2).mean().sqrt()
+    assert err < 0.05 * R.std()
+
+
+# ------------------------------------------------------------------ errors
+
+@pytest.mark.parametrize("kw, word", [
+    (dict(min_pnr=0), "min_pnr"), (dict(min_pnr=-1), "min_pnr"),
+    (dict(seed_method="manual"), "interactive"), (dict(seed_method="semi"), "interactive"),
+    (dict(seed_method="random"), "seed_method"), (dict(gSig=-2), "gSig"),
+    (dict(ssub_B=1.5), "ssub_B"), (dict(init_iter=0), "init_iter"),
+    (dict(min_corr=1.5), "min_corr"), (dict(ring_size_factor=0), "ring_size_factor"),
+])
+def test_bad_parameters(kw, word):
+    args = dict(gSig=4, gSiz=None, min_corr=0.8, min_pnr=10, ring_size_factor=1.5, ssub_B=2,
+                init_iter=2, seed_method="auto", nb=0)
+    args.update(kw)
+    with pytest.raises(ParameterError, match=word):
+        check_parameters(**args)
+
+
+def test_bad_parameters_reach_the_user_before_work(movie):
+    mov, _ = movie
+    with pytest.raises(ParameterError, match="min_pnr"):
+        initialize_corr_pnr(mov[:50], 4, None, 0.8, 0)
+    with pytest.raises(ParameterError, match="interactive"):
+        cnmfe_fit(mov[:50], _params(seed_method="manual"), device="cpu")
+
+
+def test_cnmf_class_routes_1p_and_saves(tmp_path):
+    """CNMF(params with center_psf / corr_pnr).fit runs CNMF-E; the ring
+    background (W, b0) is saved and loaded with the rest."""
+    from gpu_cnmf import CNMF, load_CNMF
+
+    movie, truth = make_movie("1p", dims=(96, 96), n_frames=500, n_neurons=20, seed=2)
+    params = CNMFParams(params_dict=dict(
+        fr=truth.fr, decay_time=truth.decay_time, gSig=[4, 4], center_psf=True,
+        method_init="corr_pnr", nb=0, K=None, min_corr=0.8, min_pnr=5, p=1))
+    cnm = CNMF(params=params).fit(movie)
+    est = cnm.estimates
+    score = roi_f1(truth.A, est.A, truth.dims)
+    assert score["f1"] >= 0.85
+    r = trace_correlation(truth.C, est.C, score["matched_true"], score["matched_est"])
+    assert np.median(r) >= 0.85
+    back = load_CNMF(cnm.save(tmp_path / "r1p.hdf5")).estimates
+    assert (back.W != est.W).nnz == 0
+    np.testing.assert_array_equal(back.b0, est.b0)
+    np.testing.assert_array_equal(back.C, est.C)
