@@ -30,7 +30,10 @@ def _build_parser() -> argparse.ArgumentParser:
                      "and print the accuracy of each stage")
     demo.add_argument("--use-cuda", action="store_true", help="run every stage on the GPU")
     demo.add_argument("--small", action="store_true",
-                      help="a small movie (128x128, 600 frames) for a quick check")
+                      help="a small movie for a quick check")
+    demo.add_argument("--1p", dest="one_photon", action="store_true",
+                      help="a one-photon movie (bright fluctuating background), analysed "
+                           "with CNMF-E")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic movie")
     demo.add_argument("--out", default=None,
                       help="folder for the memory-mapped movies (default: a temporary folder)")
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(use_cuda=args.use_cuda, small=args.small, seed=args.seed,
-                            out_dir=args.out)
+                            out_dir=args.out, one_photon=args.one_photon)
         if args.command == "run":
             return _run(args)
         if args.command == "report":

@@ -1,7 +1,9 @@
 """``gpu-cnmf demo``: the whole pipeline on a synthetic movie with known truth.
 
-The movie comes from :mod:`gpu_cnmf.synthetic` (two-photon, neurons with
-overlaps, neuropil, rigid motion). It is written to a TIFF and analysed by
+The movie comes from :mod:`gpu_cnmf.synthetic`: two-photon (neurons with
+overlaps, neuropil, rigid motion), or with ``--1p`` one-photon (a bright,
+fluctuating background, analysed by CNMF-E after high-pass-filtered motion
+correction). It is written to a TIFF and analysed by
 :func:`gpu_cnmf.pipeline.run_pipeline` exactly as ``gpu-cnmf run`` would
 (motion correction, memmap, CNMF with patches, refit, evaluation, results
 file); then each stage is scored against the truth with :mod:`gpu_cnmf.metrics`:
@@ -20,11 +22,16 @@ from pathlib import Path
 import numpy as np
 
 
-def demo_movie(small: bool, seed: int):
-    """The demo's movie and its truth: the standard 256x256x2000 movie with
-    120 neurons, or a 128x128x600 movie with 30 neurons when ``small``."""
+def demo_movie(small: bool, seed: int, one_photon: bool = False):
+    """The demo's movie and its truth. Two-photon: the standard 256x256x2000
+    movie with 120 neurons, or 128x128x600 with 30 neurons when ``small``.
+    One-photon: 160x160x1000 with 40 neurons (96x96x500, 20 when ``small``)."""
     from .synthetic import make_movie, standard_2p
 
+    if one_photon:
+        dims, T, K = ((96, 96), 500, 20) if small else ((160, 160), 1000, 40)
+        return make_movie("1p", dims=dims, n_frames=T, n_neurons=K, motion="rigid",
+                          max_shift=3, seed=seed, keep_clean=False)
     if small:
         return make_movie("2p", dims=(128, 128), n_frames=600, n_neurons=30,
                           motion="rigid", max_shift=4, seed=seed, keep_clean=False)
@@ -37,12 +44,20 @@ def demo_params(truth, use_cuda: bool):
 
     gsig = int(round(float(np.median(truth.sigmas))))
     d1, d2 = truth.dims
+    common = {"fr": truth.fr, "decay_time": truth.decay_time, "use_cuda": use_cuda,
+              "max_shifts": (8, 8), "p": 1, "gSig": [gsig, gsig], "merge_thr": 0.85,
+              "min_SNR": 2.5, "rval_thr": 0.8}
+    if truth.kind == "1p":
+        # CaImAn's 1p settings: high-pass filtered registration, CNMF-E with
+        # the ring background and no low-rank background components.
+        return CNMFParams(params_dict={
+            **common, "gSig_filt": (3, 3), "center_psf": True, "method_init": "corr_pnr",
+            "nb": 0, "K": None, "rf": None, "only_init": True, "min_corr": 0.8,
+            "min_pnr": 5, "ring_size_factor": 1.5, "ssub_B": 2, "low_rank_background": None,
+            "use_cnn": False})
     return CNMFParams(params_dict={
-        "fr": truth.fr, "decay_time": truth.decay_time, "use_cuda": use_cuda,
-        "max_shifts": (8, 8), "p": 1, "nb": 1, "gSig": [gsig, gsig],
-        "rf": 24 if max(d1, d2) <= 128 else 32, "stride": 12, "K": 8,
-        "merge_thr": 0.85, "only_init": True, "min_SNR": 2.5, "rval_thr": 0.8,
-    })
+        **common, "nb": 1, "rf": 24 if max(d1, d2) <= 128 else 32, "stride": 12, "K": 8,
+        "only_init": True})
 
 
 def score(truth, est, shifts) -> dict:
@@ -64,7 +79,7 @@ def score(truth, est, shifts) -> dict:
 
 
 def run_demo(use_cuda: bool = False, small: bool = False, seed: int = 0,
-             out_dir: str | None = None) -> int:
+             out_dir: str | None = None, one_photon: bool = False) -> int:
     """Run the demo and print each stage's accuracy. Returns 0."""
     import tifffile
 
@@ -75,9 +90,9 @@ def run_demo(use_cuda: bool = False, small: bool = False, seed: int = 0,
     device = backend.get_device(use_cuda)   # fails early and clearly without a GPU
     print(f"gpu-cnmf demo on {backend.describe(device)}", flush=True)
     t0 = time.perf_counter()
-    movie, truth = demo_movie(small, seed)
+    movie, truth = demo_movie(small, seed, one_photon)
     T, d1, d2 = movie.shape
-    print(f"synthetic 2p movie: {T} frames of {d1}x{d2}, {truth.K} neurons, rigid motion "
+    print(f"synthetic {truth.kind} movie: {T} frames of {d1}x{d2}, {truth.K} neurons, rigid motion "
           f"up to {np.abs(truth.shifts).max():.1f} px ({time.perf_counter() - t0:.1f} s)",
           flush=True)
 

@@ -222,7 +222,10 @@ class CNMF:
         :func:`gpu_cnmf.cnmf.ring_model.cnmfe_fit`."""
         from .ring_model import cnmfe_fit
 
-        res = cnmfe_fit(images, self.params, Ain=self.Ain)
+        Ain = self.Ain
+        if Ain is None and getattr(self, "_refit_from", False):
+            Ain = self.estimates.A   # refit: start from the fitted footprints
+        res = cnmfe_fit(images, self.params, Ain=Ain)
         est = Estimates(dims=res["dims"])
         for name in ("A", "C", "S", "YrA", "sn", "g", "bl", "c1", "neurons_sn", "b", "f"):
             setattr(est, name, res.get(name))

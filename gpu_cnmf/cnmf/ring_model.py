@@ -379,10 +379,12 @@ def movie_matrix(images, device, dims=None):
         return _pixels_view(fr).contiguous(), tuple(images.shape[1:])
     from .products import as_pixel_matrix
     arr, layout, dims, T = as_pixel_matrix(images)
+    # np.array copies: CNMF-E holds its own dense copy of Y, and a tensor that
+    # shared a (possibly writable) memmap could change the user's file.
+    host = torch.from_numpy(np.array(arr, dtype=np.float32))
     if layout == "pixels":
-        return torch.as_tensor(np.asarray(arr, dtype=np.float32), device=device).contiguous(), dims
-    fr = torch.as_tensor(np.asarray(arr, dtype=np.float32), device=device)
-    return _pixels_view(fr).contiguous(), dims
+        return host.to(device).contiguous(), dims
+    return _pixels_view(host.to(device)).contiguous(), dims
 
 
 class DenseMovie:
