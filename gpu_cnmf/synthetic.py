@@ -9,7 +9,9 @@ seen through rigid or non-rigid motion, and returns it with a
 ``C``  (K, T) calcium traces;
 ``S``  (K, T) spikes, the innovations of the AR process (``C = AR(g) * S``);
 ``g``  (K, p) autoregressive coefficients, ``c_t = sum_i g_i c_{t-i} + s_t``;
-``b``  (pixels, nb) background footprints, ``f`` (nb, T) their time courses;
+``b``  (pixels, nb) background footprints, ``f`` (nb, T) their time courses
+       (2p: baseline, neuropil and the static anatomy — the cells' resting
+       fluorescence, silent cells, vessel shadows; ``A C`` is the activity);
 ``sn`` (pixels,) the effective noise standard deviation of each pixel.
 
 Pixels are flattened in Fortran order, pixel index ``i + j*d1`` for the frame
@@ -70,7 +72,9 @@ class GroundTruth:
     C, S : np.ndarray (K, T) float32
         Calcium traces and spikes (AR innovations), ``C = AR(g) * S``.
     b : np.ndarray (d1*d2, nb) float32
-        Background footprints (baseline and neuropil / out-of-focus light).
+        Background footprints (baseline and neuropil / out-of-focus light;
+        for 2p also the static anatomy: resting fluorescence of every cell,
+        silent cells and vessel shadows).
     f : np.ndarray (nb, T) float32
         Background time courses. ``A C + b f`` is the noise-free,
         motion-free movie (pixels x T).
@@ -498,10 +502,12 @@ def window_mean_flow(flow: np.ndarray, windows) -> np.ndarray:
 _DEFAULTS = {
     "2p": dict(dims=(128, 128), gSig=5.0, footprint_order=4, nb=1, baseline=1.0,
                neuropil=0.3, bg_fluct=0.1, bg_scale=12.0, bg_ratio=None,
-               noise=0.25, gain=20.0, max_shift=5.0),
+               noise=0.25, gain=20.0, max_shift=5.0, resting=0.75, nucleus=0.5,
+               silent_fraction=0.5, n_vessels=2, vessel_depth=0.6),
     "1p": dict(dims=(160, 160), gSig=4.0, footprint_order=12, nb=4, baseline=None,
                neuropil=None, bg_fluct=0.4, bg_scale=20.0, bg_ratio=5.0,
-               noise=0.3, gain=40.0, max_shift=5.0),
+               noise=0.3, gain=40.0, max_shift=5.0, resting=0.0, nucleus=0.0,
+               silent_fraction=0.0, n_vessels=0, vessel_depth=0.0),
 }
 
 
@@ -518,13 +524,17 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
                bg_scale: Optional[float] = None, bg_ratio: Optional[float] = None,
                gain="auto", shot_noise: str = "gaussian",
                nonrigid_amplitude: Optional[float] = None,
-               keep_clean: Optional[bool] = None):
+               keep_clean: Optional[bool] = None, resting: Optional[float] = None,
+               resting_spread: float = 0.3, nucleus: Optional[float] = None,
+               n_silent: Optional[int] = None, n_vessels: Optional[int] = None,
+               vessel_depth: Optional[float] = None):
     """Simulate a calcium-imaging movie and its ground truth.
 
     Parameters
     ----------
     kind : '2p' or '1p'
-        '2p': compact neurons on a dim baseline plus low-rank neuropil.
+        '2p': compact neurons on a dim baseline plus low-rank neuropil and
+        the static anatomy real two-photon frames show (see ``resting``).
         '1p': blurrier neurons under a large, smooth, fluctuating background
         ``bg_ratio`` times brighter than the typical transient peak.
     dims : (d1, d2), default (128, 128) for 2p, (160, 160) for 1p.
@@ -590,6 +600,26 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     keep_clean : bool
         Keep the motion-free movie in ``truth.clean`` (default: when motion
         is set). Costs a second movie's worth of memory.
+    resting : float
+        2p static anatomy: mean resting (baseline) fluorescence of a neuron
+        at its centre, as a multiple of ``amplitude`` (default 0.75; each
+        cell varies log-normally by ``resting_spread``). GCaMP cells are
+        visible at rest, so every frame carries the cells' outlines even
+        when none fires. It is part of the static background ``b`` (``A``
+        and ``C`` stay the activity), drawn with the cell's own footprint.
+        0 turns the whole anatomy term off (silent cells included).
+    resting_spread : float
+        Log-normal spread of the per-cell resting brightness.
+    nucleus : float
+        Relative dimming of the resting fluorescence at the cell's centre
+        (GCaMP is excluded from the nucleus; default 0.5, 0 for none).
+    n_silent : int
+        Dim cells that never fire (resting fluorescence only, half as bright
+        as active cells'); default ``n_neurons // 2`` for 2p.
+    n_vessels : int
+        Dark blood-vessel shadows crossing the field (default 2 for 2p): smooth
+        curved bands that dim the whole static background by up to
+        ``vessel_depth`` (default 0.6) on their centre line.
 
     Returns
     -------
@@ -634,12 +664,28 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
                              f"{nonrigid_amplitude}")
     if keep_clean is None:
         keep_clean = motion is not None
+    resting = float(D["resting"] if resting is None else resting)
+    nucleus = float(D["nucleus"] if nucleus is None else nucleus)
+    n_silent = int(D["silent_fraction"] * K if n_silent is None else n_silent)
+    n_vessels = int(D["n_vessels"] if n_vessels is None else n_vessels)
+    vessel_depth = float(D["vessel_depth"] if vessel_depth is None else vessel_depth)
+    if resting < 0 or resting_spread < 0 or n_silent < 0 or n_vessels < 0:
+        raise ParameterError("resting, resting_spread, n_silent, n_vessels: expected >= 0, got "
+                             f"{resting}, {resting_spread}, {n_silent}, {n_vessels}")
+    if not (0 <= nucleus <= 1 and 0 <= vessel_depth < 1):
+        raise ParameterError(f"nucleus in [0, 1] and vessel_depth in [0, 1) expected, got "
+                             f"{nucleus}, {vessel_depth}")
+    if kind == "1p" and (resting > 0 or n_vessels > 0):
+        raise ParameterError("resting / n_vessels: the static anatomy term is 2p only "
+                             "(1p backgrounds are dominated by out-of-focus light)")
     g = ar_coefficients(decay_time, fr, p, rise_time if p == 2 else None)
 
     # Independent streams so that changing the motion leaves neurons,
     # activity, background and noise unchanged.
     ss = np.random.SeedSequence(seed)
-    rng_sp, rng_t, rng_bg, rng_mo, rng_nz = [np.random.default_rng(s) for s in ss.spawn(5)]
+    # (spawn(6)[:5] == spawn(5): the anatomy stream leaves the others as before)
+    rng_sp, rng_t, rng_bg, rng_mo, rng_nz, rng_an = [np.random.default_rng(s)
+                                                     for s in ss.spawn(6)]
 
     # --- footprints, on a canvas padded for the largest displacement
     centers = _place_centers(rng_sp, K, dims, margin, min_dist)
@@ -681,6 +727,14 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         base = baseline * (0.7 + 0.3 * _smooth_field(rng_bg, canvas, 4 * bg_scale))
         npil = [neuropil * _smooth_field(rng_bg, canvas, bg_scale) for _ in range(max(nb - 1, 1))]
         fl = [1 + bg_fluct * _smooth_trace(rng_bg, T, 3 * fr) for _ in range(max(nb - 1, 1))]
+        # Static anatomy: the cells' resting fluorescence (plus silent cells)
+        # adds to the baseline; vessel shadows dim every static field.
+        base = base + _resting_anatomy(rng_an, patches, centers, sigmas, angles, order, pad,
+                                       canvas, dims, resting * amplitude, resting_spread,
+                                       nucleus, n_silent, gSig, size_spread, max_aspect)
+        shade = _vessel_shadows(rng_an, canvas, pad, dims, n_vessels, vessel_depth)
+        base = base * shade
+        npil = [x * shade for x in npil]
         if nb == 1:
             b_c = [base + npil[0]]
             f_ = [np.clip(fl[0], 0.05, None)]
@@ -789,8 +843,109 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         params=dict(kind=kind, dims=dims, n_frames=T, n_neurons=K, fr=fr, decay_time=decay_time,
                     p=p, noise=noise, motion=motion, max_shift=max_shift, seed=seed,
                     gSig=gSig, nb=nb, gain=gain, bg_ratio=bg_ratio, pad=pad, canvas=canvas,
-                    footprint_order=order, nonrigid_amplitude=nonrigid_amplitude))
+                    footprint_order=order, nonrigid_amplitude=nonrigid_amplitude,
+                    resting=resting, nucleus=nucleus, n_silent=n_silent, n_vessels=n_vessels,
+                    vessel_depth=vessel_depth))
     return movie, truth
+
+
+def _add_wrapped(img: np.ndarray, y0: int, x0: int, patch: np.ndarray) -> None:
+    """Add a patch at (y0, x0) onto the periodic canvas (indices wrap)."""
+    Hc, Wc = img.shape
+    iy = np.arange(y0, y0 + patch.shape[0]) % Hc
+    ix = np.arange(x0, x0 + patch.shape[1]) % Wc
+    np.add.at(img, (iy[:, None], ix[None, :]), patch)
+
+
+def _resting_anatomy(rng, patches, centers, sigmas, angles, order, pad, canvas, dims,
+                     level, spread, nucleus, n_silent, gSig, size_spread, max_aspect):
+    """Resting fluorescence of every cell on the canvas.
+
+    Active cell k shows ``r_k * a_k(y) * (1 - nucleus * n_k(y))`` where
+    ``a_k`` is its footprint, ``r_k`` log-normal around ``level`` and
+    ``n_k`` a Gaussian nucleus half the cell's size (smooth, so Fourier
+    shifts stay exact). ``n_silent`` cells that never fire are drawn the
+    same way at half the brightness, away from the active centres.
+    """
+    img = np.zeros(canvas)
+    if level <= 0:
+        return img
+    K = len(patches)
+    r = level * rng.lognormal(-spread**2 / 2, spread, K + n_silent)
+
+    def draw(y0, x0, P, cen, sig, ang, rk):
+        yy, xx = np.meshgrid(np.arange(y0, y0 + P.shape[0]) - pad,
+                             np.arange(x0, x0 + P.shape[1]) - pad, indexing="ij")
+        c, s = np.cos(ang), np.sin(ang)
+        dy, dx = yy - cen[0], xx - cen[1]
+        q = ((c * dy + s * dx) / (0.5 * sig[0])) ** 2 + ((-s * dy + c * dx) / (0.5 * sig[1])) ** 2
+        _add_wrapped(img, y0, x0, rk * P * (1 - nucleus * np.exp(-q / 2)))
+
+    for k, (y0, x0, P) in enumerate(patches):
+        draw(y0, x0, P, centers[k], sigmas[k], angles[k], r[k])
+    if n_silent:
+        # Best effort: keep silent cells a cell radius away from active ones.
+        cand = rng.uniform(0, 1, (16 * n_silent, 2)) * (np.array(dims) - 1)
+        if K:
+            d = np.hypot(cand[:, None, 0] - centers[None, :, 0],
+                         cand[:, None, 1] - centers[None, :, 1]).min(1)
+            cand = cand[np.argsort(d < gSig, kind="stable")]
+        cen = cand[:n_silent]
+        scale = 1 + size_spread * rng.uniform(-1, 1, n_silent)
+        aspect = rng.uniform(1, max_aspect, n_silent)
+        sig = gSig * scale[:, None] * np.stack([np.sqrt(aspect), 1 / np.sqrt(aspect)], 1)
+        ang = rng.uniform(0, np.pi, n_silent)
+        for j, (y0, x0, P) in enumerate(_render_footprints(cen, sig, ang, order, pad)):
+            draw(y0, x0, P, cen[j], sig[j], ang[j], 0.5 * r[K + j])
+    return img
+
+
+def _vessel_shadows(rng, canvas, pad, dims, n_vessels, depth) -> np.ndarray:
+    """Multiplicative shading (<= 1) of a few dark, curved blood vessels.
+
+    Each vessel is a circular arc through the field of view with a Gaussian
+    cross-section (sigma 2.5-4 px), drawn as a dense chain of Gaussians
+    whose density D_v is 1 on the centre line; the shade is the product of
+    ``1 - depth * D_v`` over vessels (darker where they cross, never
+    negative). Each factor is as band-limited as its Gaussian profile and
+    periodic on the canvas, so Fourier shifts of the scene stay exact (a
+    saturating nonlinearity of D would sharpen the profile and break that).
+    """
+    shade = np.ones(canvas)
+    L = float(max(dims))
+    for _ in range(n_vessels):
+        dens = np.zeros(canvas)
+        width = rng.uniform(2.5, 4.0)
+        p0 = rng.uniform(0.2, 0.8, 2) * np.array(dims) + pad
+        th0 = rng.uniform(0, 2 * np.pi)
+        kappa = rng.uniform(-1.5, 1.5) / L
+        length = rng.uniform(0.8, 1.4) * L
+        ds = 0.5
+        s = np.arange(-length / 2, length / 2, ds)
+        th = th0 + kappa * s
+        # arc-length integration of the direction: points ds apart
+        pts = p0 + np.cumsum(np.stack([np.cos(th), np.sin(th)], 1) * ds, 0)
+        pts -= pts[len(pts) // 2] - p0
+        taper = np.clip(np.minimum(s - s[0], s[-1] - s) / (4 * width), 0, 1)
+        taper = taper * taper * (3 - 2 * taper)
+        R = int(np.ceil(4 * width))
+        lo = np.floor(pts.min(0)).astype(int) - R
+        hi = np.ceil(pts.max(0)).astype(int) + R
+        gy = np.arange(lo[0], hi[0] + 1)
+        gx = np.arange(lo[1], hi[1] + 1)
+        acc = np.zeros((len(gy), len(gx)))
+        norm = ds / (np.sqrt(2 * np.pi) * width)
+        for (py, px), w in zip(pts, taper):
+            if w <= 0:
+                continue
+            iy = slice(int(py) - R - lo[0], int(py) + R + 2 - lo[0])
+            ix = slice(int(px) - R - lo[1], int(px) + R + 2 - lo[1])
+            ey = np.exp(-(gy[iy] - py) ** 2 / (2 * width**2))
+            ex = np.exp(-(gx[ix] - px) ** 2 / (2 * width**2))
+            acc[iy, ix] += (w * norm) * ey[:, None] * ex[None, :]
+        _add_wrapped(dens, lo[0], lo[1], acc)
+        shade *= 1 - depth * np.clip(dens, 0, 1)
+    return shade
 
 
 def _periodic_smooth(img: np.ndarray, canvas) -> np.ndarray:

@@ -39,7 +39,8 @@ def _move(img, shifts):
 @pytest.mark.parametrize("shape", [(64, 72), (24, 28, 20)])
 @pytest.mark.parametrize("upsample", [1, 20])
 def test_register_translation_exact_on_noiseless_shifts(shape, upsample):
-    """Non-periodic crops of a moving scene: within 0.06 px (new content enters at the borders)."""
+    """Non-periodic crops of a moving scene: within 0.08 px (new content enters at the
+    borders; 0.07 px measured with the 1 / 3 px band-pass, 0.05 px with the former 1.5 / 5)."""
     big = _scene(tuple(n + 16 for n in shape))
     crop = tuple(slice(8, 8 + n) for n in shape)
     rng = np.random.default_rng(1)
@@ -49,7 +50,7 @@ def test_register_translation_exact_on_noiseless_shifts(shape, upsample):
     plan = make_plan(torch.tensor(big[crop]), len(shape))
     sh = register_translation(plan.spectra(fr)[1], plan, (6,) * len(shape),
                               upsample_factor=upsample, cropped=True).numpy()
-    assert np.sqrt(((sh - s) ** 2).sum(1).mean()) < (0.06 if len(shape) == 2 else 0.25)
+    assert np.sqrt(((sh - s) ** 2).sum(1).mean()) < (0.08 if len(shape) == 2 else 0.25)
 
 
 def test_max_shifts_bound_and_window_centre():
@@ -97,9 +98,17 @@ def test_dense_warps_match_rigid_and_fields_are_seamless():
     assert np.abs(b - img)[:, 5:-5, 5:-5].max() < 0.05 * img.max()
     starts, sizes, centres = patch_grid((64, 64), (16, 16), (8, 8))
     mats = [interpolation_matrix(64, c, 4) for c in centres]
-    ps = torch.randn(1, len(starts[0]), len(starts[1]), 2)
+    ps = torch.randn(1, len(starts[0]), len(starts[1]), 2,
+                     generator=torch.Generator().manual_seed(0))
     f = shift_field(ps, mats)[0].numpy()
-    assert np.abs(np.diff(f, axis=1)).max() < 0.5 and np.abs(np.diff(f, axis=2)).max() < 0.5
+    # seamless: neighbouring pixels differ by a small fraction of the jump
+    # between neighbouring patches (a seam would carry all of it; <= 0.17
+    # over 300 random draws, whereas the former absolute 0.5 px bound failed
+    # for 38 % of unseeded draws)
+    p = ps[0].numpy()
+    jump = max(np.abs(np.diff(p, axis=0)).max(), np.abs(np.diff(p, axis=1)).max())
+    pix = max(np.abs(np.diff(f, axis=1)).max(), np.abs(np.diff(f, axis=2)).max())
+    assert pix < 0.25 * jump
 
 
 @pytest.mark.parametrize("mode", [True, False, "copy"])
@@ -136,16 +145,18 @@ def nonrigid_movie():
     return make_movie("2p", dims=(128, 128), n_frames=100, motion="nonrigid", seed=0)
 
 
-# make_movie's 2p frames hold only a smooth background plus the neurons
-# active in that frame, so single-frame registration is information-limited
-# there: the Cramer-Rao bound of a perfect template under the standard noise
-# alone is ~0.1 px, and a neuron that fires in a frame but is dim in the
-# template biases every template-based estimator (errors come in bursts that
-# follow the calcium transients). These tolerances are what this estimator
-# reaches (0.27 px rigid); the sub-0.1 px / 0.3 px targets are asserted on
-# textured scenes below, where the frames carry the information.
-RIGID_TOL = 0.35
-PW_SYNTH_TOL = 1.4
+# make_movie's 2p frames carry the static anatomy of real two-photon data
+# (resting fluorescence of every cell with a dark nucleus, silent cells,
+# vessel shadows) under realistic shot + read noise. Measured with these
+# exact calls (seeds 0-4, benchmarks/results_motion.md): rigid 0.12-0.15 px
+# RMS, pw-rigid field 0.29-0.32 px (rigid-only 0.40-0.50 px); with
+# resting=1.5 (brighter cells at rest) 0.08-0.10 px and 0.23-0.26 px. The
+# single-frame Cramer-Rao bound at the defaults is ~0.05 px; the rest is the
+# bias of cells that fire in a frame but not in the template and of content
+# crossing the frame border. The 0.1 px / 0.3 px targets are asserted on
+# the textured scenes below.
+RIGID_TOL = 0.18
+PW_SYNTH_TOL = 0.38
 
 
 def test_rigid_accuracy_on_synthetic_2p(rigid_movie):
@@ -223,7 +234,9 @@ def test_pw_rigid_field_on_synthetic_2p(nonrigid_movie):
     assert mc.x_shifts_els.shape == (100, 9)
     field = mc.dense_field()
     assert field.shape == (100, 2, 128, 128)
-    assert registration_error(tr.flow, field, subtract_mean=True, crop=16) < PW_SYNTH_TOL
+    err_pw = registration_error(tr.flow, field, subtract_mean=True, crop=16)
+    err_rig = registration_error(tr.flow, mc.shifts_rig, subtract_mean=True, crop=16)
+    assert err_pw < PW_SYNTH_TOL and err_pw < 0.9 * err_rig
 
 
 @pytest.mark.gpu

@@ -130,7 +130,8 @@ def _analytic_neural(tr, t, y, x, order):
 
 
 def test_rigid_motion_is_exact():
-    movie, tr = _noiseless(motion="rigid", max_shift=4.0, baseline=0.0, neuropil=0.0, seed=1)
+    movie, tr = _noiseless(motion="rigid", max_shift=4.0, baseline=0.0, neuropil=0.0,
+                           resting=0.0, seed=1)
     assert tr.shifts.shape == (120, 2) and tr.flow is None
     assert np.abs(tr.shifts).max() <= 4.0 + 1e-6 and np.abs(tr.shifts).max() > 2.0
     yy, xx = _grid(tr.dims)
@@ -189,7 +190,8 @@ def test_nonrigid_truth_undoes_motion():
 def test_nonrigid_is_exact_against_analytic_scene():
     """With the flow, the clean scene read off the observed frame matches
     the analytic footprints at the grid (no motion)."""
-    movie, tr = _noiseless(motion="nonrigid", baseline=0.0, neuropil=0.0, seed=6, n_frames=40)
+    movie, tr = _noiseless(motion="nonrigid", baseline=0.0, neuropil=0.0, resting=0.0, seed=6,
+                           n_frames=40)
     yy, xx = _grid(tr.dims)
     t = int(np.argmax(tr.C.sum(0)))
     ref = _analytic_neural(tr, t, yy, xx, order=4)
@@ -245,6 +247,52 @@ def test_two_photon_background_rank():
     assert tr1.b.shape[1] == 1 and tr1.f[0].std() > 0.01
 
 
+def test_two_photon_static_anatomy():
+    """Cells are visible at rest (with a dimmer nucleus), silent cells and
+    vessel shadows sit in the static background b; A and C stay activity."""
+    kw = dict(dims=(96, 96), n_frames=60, n_neurons=12, seed=4, noise=0.0, gain=None,
+              firing_rate=0.01)
+    _, off = make_movie(**kw, resting=0.0, n_vessels=0)
+    movie, tr = make_movie(**kw)
+    # activity, footprints, the old background fields and motion draws are
+    # untouched by the anatomy term
+    assert (off.A != tr.A).nnz == 0
+    np.testing.assert_array_equal(off.C, tr.C)
+    np.testing.assert_allclose(movie, tr.neural() + tr.background(), atol=1e-4)
+    assert tr.params["n_silent"] == 6 and tr.params["resting"] == 0.75
+    _, nov = make_movie(**kw, n_vessels=0)
+    rest = (nov.b[:, 0] - off.b[:, 0]).reshape(tr.dims, order="F")
+    A = tr.footprint_images()
+    # resting fluorescence at each cell, comparable to a spike's amplitude,
+    # with a dark nucleus: the centre is dimmer than the ring around it
+    yy, xx = _grid(tr.dims)
+    ring_gt_centre = 0
+    for k in range(tr.K):
+        cy, cx = tr.centers[k]
+        r = np.hypot(yy - cy, xx - cx)
+        centre = rest[r <= 1].mean()
+        ring = rest[(r > 0.5 * tr.sigmas[k, 1]) & (r < 1.2 * tr.sigmas[k, 1])].mean()
+        ring_gt_centre += ring > centre
+        assert 0.1 < rest[A[k] > 0.5].mean() / float(off.f[0].mean()) < 5
+    assert ring_gt_centre >= tr.K - 1
+    # silent cells: bright static spots outside every active footprint
+    outside = A.max(0) < 0.05
+    assert (np.abs(rest) > 0.2)[outside].sum() > 30
+    # vessel shadows: dark bands, the shade never flips the sign
+    shade = tr.b[:, 0] / nov.b[:, 0]
+    assert 0.1 < shade.min() < 0.6 and shade.max() <= 1 + 1e-6 and tr.b.min() > 0
+    assert 0.02 < (shade < 0.8).mean() < 0.3
+    # (that moving frames carry the anatomy exactly is checked by the
+    # truth tests above, which run with the default anatomy)
+
+
+def test_anatomy_is_two_photon_only():
+    _, tr = make_movie("1p", dims=(48, 48), n_frames=20, n_neurons=4)
+    assert tr.params["resting"] == 0.0 and tr.params["n_vessels"] == 0
+    with pytest.raises(ParameterError, match="2p only"):
+        make_movie("1p", dims=(48, 48), n_frames=20, n_neurons=4, resting=1.0)
+
+
 def test_window_mean_flow():
     flow = np.zeros((4, 2, 10, 10), np.float32)
     flow[:, 0, :5] = 1.0
@@ -270,7 +318,8 @@ def test_zero_neurons():
 
 @pytest.mark.parametrize("kw", [dict(kind="3p"), dict(motion="warp"), dict(p=3),
                                 dict(dims=(4, 4)), dict(shot_noise="x"), dict(nb=0),
-                                dict(noise=-1.0), dict(decay_time=0.0)])
+                                dict(noise=-1.0), dict(decay_time=0.0), dict(resting=-1.0),
+                                dict(nucleus=1.5), dict(vessel_depth=1.0), dict(n_silent=-2)])
 def test_bad_parameters(kw):
     with pytest.raises(ParameterError):
         make_movie(**{**SMALL, **kw})

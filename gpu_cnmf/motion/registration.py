@@ -14,8 +14,8 @@ here return shifts in CaImAn's sense.
 Method: band-passed cross-correlation
 -------------------------------------
 Each frame is cross-correlated with the template after both are band-pass
-filtered by a difference of Gaussians (``SIGMA_LO`` = 1.5 px removes pixel
-noise, ``SIGMA_HI`` = 5 px removes the smooth background and neuropil).
+filtered by a difference of Gaussians (``SIGMA_LO`` = 1 px removes pixel
+noise, ``SIGMA_HI`` = 3 px removes the smooth background and neuropil).
 The band-pass matters on calcium movies: a neuron that fires in a frame but
 is dim in the (mean) template correlates with the template's background
 gradient under it and drags the peak; removing the slow background cuts
@@ -54,8 +54,11 @@ __all__ = [
     "register_translation", "gaussian_peak",
 ]
 
-SIGMA_LO = 1.5   # px, noise-suppressing low-pass of the band-pass filter
-SIGMA_HI = 5.0   # px, background-removing high-pass of the band-pass filter
+# Chosen on synthetic 2p movies with known motion and realistic anatomy
+# (make_movie, 5 seeds): 1 / 3 px gives 15-20 % lower rigid and pw-rigid
+# errors than 1.5 / 5 px; without a high-pass the error nearly doubles.
+SIGMA_LO = 1.0   # px, noise-suppressing low-pass of the band-pass filter
+SIGMA_HI = 3.0   # px, background-removing high-pass of the band-pass filter
 _CROP_LEVEL = 1e-3  # spectrum bins whose squared filter response is below this are skipped
 
 
