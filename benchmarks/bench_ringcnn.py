@@ -4,7 +4,7 @@ Run under pytest-benchmark (GPU cases skip without CUDA)::
 
     python -m pytest benchmarks/bench_ringcnn.py --benchmark-only
 
-or as a script, which prints a table for ``results_ringcnn.md``::
+or as a script, which prints a table for ``RESULTS.md``::
 
     python benchmarks/bench_ringcnn.py --dims 256 256 --frames 1000 --repeat 3
 

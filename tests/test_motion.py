@@ -148,7 +148,7 @@ def nonrigid_movie():
 # make_movie's 2p frames carry the static anatomy of real two-photon data
 # (resting fluorescence of every cell with a dark nucleus, silent cells,
 # vessel shadows) under realistic shot + read noise. Measured with these
-# exact calls (seeds 0-4, benchmarks/results_motion.md): rigid 0.12-0.15 px
+# exact calls (seeds 0-4, benchmarks/RESULTS.md): rigid 0.12-0.15 px
 # RMS, pw-rigid field 0.29-0.32 px (rigid-only 0.40-0.50 px); with
 # resting=1.5 (brighter cells at rest) 0.08-0.10 px and 0.23-0.26 px. The
 # single-frame Cramer-Rao bound at the defaults is ~0.05 px; the rest is the
