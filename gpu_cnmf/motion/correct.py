@@ -11,6 +11,8 @@ except to hand corrected frames to the writer).
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
@@ -391,11 +393,25 @@ class MotionCorrect:
             return f"{self.base_name}_{suffix}"
         f0 = self.fname[0]
         if isinstance(f0, str):
-            import os
             return os.path.splitext(f0)[0] + f"_{suffix}"
-        import tempfile
-        import os
         return os.path.join(tempfile.gettempdir(), f"gpu_cnmf_mc_{suffix}")
+
+    def _pass_to_file(self, templ, piecewise_rigid, use, suffix, keep, desc):
+        """One registration pass; with a ``suffix`` the corrected movie streams
+        to an F-order memmap (removed if the pass fails). Returns the rigid
+        and patch shifts and the next template."""
+        writer = (MemmapWriter(self._base(suffix), self.dims, self.source.n_frames, order="F")
+                  if suffix else None)
+        try:
+            rig, ps, means = self._pass(templ.cpu().numpy(), piecewise_rigid, use, writer,
+                                        keep=keep, desc=desc)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            self.mmap_file = [writer.close()]
+        return rig, ps, combine_templates(means)
 
     def motion_correct_rigid(self, template=None, save_movie=False, out=None):
         T = self.source.n_frames
@@ -406,19 +422,9 @@ class MotionCorrect:
         for it in range(self.niter_rig):
             last = it == self.niter_rig - 1
             use = ranges if last else subset_splits(ranges, self.num_splits_to_process_rig)
-            writer = (MemmapWriter(self._base("rig"), self.dims, T, order="F")
-                      if (last and save_movie) else None)
-            try:
-                rig, _, means = self._pass(templ.cpu().numpy(), False, use, writer,
-                                           keep=out if last else None,
-                                           desc=f"rigid {it + 1}/{self.niter_rig}")
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
-            if writer is not None:
-                self.mmap_file = [writer.close()]
-            templ = combine_templates(means)
+            rig, _, templ = self._pass_to_file(
+                templ, False, use, "rig" if (last and save_movie) else None,
+                keep=out if last else None, desc=f"rigid {it + 1}/{self.niter_rig}")
             self.templates_rig.append(templ.cpu().numpy())
         self.shifts_rig = self._gather_shifts(rig)
         self.total_template_rig = templ.cpu().numpy()
@@ -440,19 +446,9 @@ class MotionCorrect:
         for it, num in enumerate(plan):
             last = it == len(plan) - 1
             use = ranges if last else subset_splits(ranges, num)
-            writer = (MemmapWriter(self._base("els"), self.dims, T, order="F")
-                      if (last and save_movie) else None)
-            try:
-                rig, ps, means = self._pass(templ.cpu().numpy(), True, use, writer,
-                                            keep=out if last else None,
-                                            desc=f"pw-rigid {it + 1}/{len(plan)}")
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
-            if writer is not None:
-                self.mmap_file = [writer.close()]
-            templ = combine_templates(means)
+            rig, ps, templ = self._pass_to_file(
+                templ, True, use, "els" if (last and save_movie) else None,
+                keep=out if last else None, desc=f"pw-rigid {it + 1}/{len(plan)}")
             self.templates_els.append(templ.cpu().numpy())
         self.shifts_rig = self._gather_shifts(rig)
         shifts = self._gather_shifts(ps).reshape(T, -1, self.ndim)
