@@ -617,9 +617,11 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         Dim cells that never fire (resting fluorescence only, half as bright
         as active cells'); default ``n_neurons // 2`` for 2p.
     n_vessels : int
-        Dark blood-vessel shadows crossing the field (default 2 for 2p): smooth
-        curved bands that dim the whole static background by up to
-        ``vessel_depth`` (default 0.6) on their centre line.
+        Dark blood-vessel shadows crossing the field (default 2 for 2p, 0 for
+        1p): smooth curved bands that dim the whole static background by up
+        to ``vessel_depth`` (default 0.6) on their centre line. In 1p they
+        shade every background component: the static texture that
+        high-pass filtered (``gSig_filt``) registration relies on.
 
     Returns
     -------
@@ -675,8 +677,8 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     if not (0 <= nucleus <= 1 and 0 <= vessel_depth < 1):
         raise ParameterError(f"nucleus in [0, 1] and vessel_depth in [0, 1) expected, got "
                              f"{nucleus}, {vessel_depth}")
-    if kind == "1p" and (resting > 0 or n_vessels > 0):
-        raise ParameterError("resting / n_vessels: the static anatomy term is 2p only "
+    if kind == "1p" and resting > 0:
+        raise ParameterError("resting: the cells' resting fluorescence is a 2p term "
                              "(1p backgrounds are dominated by out-of-focus light)")
     g = ar_coefficients(decay_time, fr, p, rise_time if p == 2 else None)
 
@@ -755,6 +757,11 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         for _ in range(nb - 1):
             b_c.append(0.4 * _smooth_field(rng_bg, canvas, bg_scale))
             f_.append(np.clip(1 + bg_fluct * _smooth_trace(rng_bg, T, 1.0 * fr), 0.05, None))
+        if n_vessels:
+            # Vessels shadow all the light, in and out of focus: the static
+            # texture that high-pass filtered (gSig_filt) registration sees.
+            shade = _vessel_shadows(rng_an, canvas, pad, dims, n_vessels, vessel_depth)
+            b_c = [x * shade for x in b_c]
     b_canvas = np.stack([x.ravel() for x in b_c], 1)          # C order on the canvas
     f = np.stack(f_).astype(np.float64)
     if kind == "1p":

@@ -6,6 +6,7 @@ import torch
 from conftest import devices
 
 from gpu_cnmf.metrics import registration_error
+from gpu_cnmf.synthetic import make_movie
 from gpu_cnmf.motion import (MotionCorrect, frame_spectra, make_plan, register_translation,
                              shift_rigid_cubic, shift_rigid_fft, warp_field,
                              warp_field_fft_blocks)
@@ -403,3 +404,13 @@ def test_bad_parameters():
         MotionCorrect(mov, is3D=True)
     with pytest.raises(ParameterError, match="template"):
         MotionCorrect(mov, progress=False).motion_correct(template=np.zeros((3, 3)))
+
+
+def test_one_photon_registration_with_high_pass_filter():
+    """1p: a bright smooth background; the shifts come from the high-pass
+    filtered movie (gSig_filt), where the vessels' texture remains."""
+    mov, tr = make_movie("1p", dims=(96, 96), n_frames=500, n_neurons=20, motion="rigid",
+                         max_shift=3, seed=0, keep_clean=False, n_vessels=3, vessel_depth=0.3)
+    mc = MotionCorrect(mov, max_shifts=(8, 8), gSig_filt=(3, 3), progress=False)
+    mc.motion_correct()
+    assert registration_error(tr.shifts, mc.shifts_rig, subtract_mean=True) <= 0.1

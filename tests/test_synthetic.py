@@ -286,11 +286,20 @@ def test_two_photon_static_anatomy():
     # truth tests above, which run with the default anatomy)
 
 
-def test_anatomy_is_two_photon_only():
+def test_resting_anatomy_is_two_photon_only_vessels_opt_in_for_1p():
     _, tr = make_movie("1p", dims=(48, 48), n_frames=20, n_neurons=4)
     assert tr.params["resting"] == 0.0 and tr.params["n_vessels"] == 0
-    with pytest.raises(ParameterError, match="2p only"):
+    with pytest.raises(ParameterError, match="resting"):
         make_movie("1p", dims=(48, 48), n_frames=20, n_neurons=4, resting=1.0)
+    # 1p vessels shadow the background (in and out of focus) and nothing else
+    _, tv = make_movie("1p", dims=(48, 48), n_frames=20, n_neurons=4, n_vessels=3,
+                       vessel_depth=0.3)
+    assert (tv.A != tr.A).nnz == 0 and np.array_equal(tv.C, tr.C)
+    # (the 1p background is rescaled to bg_ratio x the cells afterwards, so
+    # compare the shading relative to its brightest, unshaded pixels)
+    ratio = tv.background(0, 1) / tr.background(0, 1)
+    ratio = ratio / ratio.max()
+    assert ratio.min() < 0.8 and np.median(ratio) > 0.95
 
 
 def test_window_mean_flow():
