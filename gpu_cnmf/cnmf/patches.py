@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import ParameterError
 from .background import compress_background
@@ -133,6 +134,13 @@ def _worker(arr, dims, cfg, pcfg):
     return model_to_numpy(_fit_one(mm, cfg, pcfg))
 
 
+def _progress(total, iterable=None):
+    """A bar over the patches, shown on terminals only (tqdm's disable=None),
+    so logs and tests stay quiet."""
+    return tqdm(iterable, total=total, desc="CNMF patches", unit="patch", disable=None,
+                leave=False)
+
+
 def _patch_models(images, regions, cfg, device, n_processes):
     P, sp = cfg["patch"], cfg["spatial"]
     pcfg = patch_config(cfg)
@@ -141,7 +149,8 @@ def _patch_models(images, regions, cfg, device, n_processes):
     if n_processes > 1 and device.type == "cpu" and len(regions) > 1:
         ctx = mp.get_context("spawn")
         out = [None] * len(regions)
-        with ProcessPoolExecutor(max_workers=int(n_processes), mp_context=ctx) as ex:
+        with ProcessPoolExecutor(max_workers=int(n_processes), mp_context=ctx) as ex, \
+                _progress(len(regions)) as bar:
             pending = {}
             for i, r in enumerate(regions):
                 sub = MovieMatrix(full._src if full.layout == "pixels" else images, "cpu",
@@ -151,11 +160,13 @@ def _patch_models(images, regions, cfg, device, n_processes):
                 if len(pending) >= 2 * n_processes:
                     done = next(iter(pending))
                     out[pending.pop(done)] = model_from_numpy(done.result(), device)
+                    bar.update()
             for fut, i in pending.items():
                 out[i] = model_from_numpy(fut.result(), device)
+                bar.update()
         return out
     models = []
-    for r in regions:
+    for r in _progress(len(regions), regions):
         src_dims = full.full_dims if full.layout == "pixels" else None
         src = full._src if full.layout == "pixels" else images
         if P["in_memory"]:
