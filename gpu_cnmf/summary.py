@@ -153,8 +153,10 @@ def _pair_slices(offset: Sequence[int], dims: Sequence[int]):
 
 
 @dataclass
-class _Moments:
-    """Streamed per-pixel moments of a movie, and of neighbouring pairs."""
+class PixelMoments:
+    """Streamed per-pixel moments of a movie, and of neighbouring pairs
+    (``offsets`` from :func:`neighbour_offsets`); ``update`` with each chunk
+    of frames, then read ``mean``, ``var`` or ``correlation_image``."""
     dims: tuple
     device: torch.device
     offsets: list = field(default_factory=list)
@@ -216,7 +218,7 @@ class _Moments:
 
 def _accumulate(movie, offsets, device, chunk_frames, swap_dim, transform=None):
     T, dims = movie_shape(movie, swap_dim)
-    mom = _Moments(dims=tuple(dims), device=device, offsets=offsets)
+    mom = PixelMoments(dims=tuple(dims), device=device, offsets=offsets)
     for _start, x in iter_movie(movie, chunk_frames, device, swap_dim,
                                 copies=4 + len(offsets)):
         mom.update(x if transform is None else transform(x))
@@ -434,7 +436,7 @@ def _pnr_pass(movie, gSig, center_psf, swap_dim, device, chunk_frames,
               noise_range, noise_method):
     T, dims = movie_shape(movie, swap_dim)
     kernel = None if gSig is None else psf_kernel(gSig, center_psf)
-    mom = _Moments(dims=tuple(dims), device=device)
+    mom = PixelMoments(dims=tuple(dims), device=device)
     noise = _WelchNoise(T, tuple(dims), device, noise_range, noise_method)
     for _s, x in iter_movie(movie, chunk_frames, device, swap_dim, copies=8):
         if kernel is not None:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
-from ..summary import psf_kernel, spatial_filter
+from ..summary import PixelMoments, neighbour_offsets, psf_kernel, spatial_filter
 from .morphology import from_images
 from .ring_model import _frames_view, fit_background, movie_matrix, ring_radius
 
@@ -132,16 +132,6 @@ def frame_noise(frames, noise_range=(0.25, 0.5), noise_method="mean"):
     return out.reshape(d1, d2)
 
 
-_HALF_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))
-
-
-def _pair_region(dy, dx, h, w):
-    """Slices of the first and second pixel of the pairs (p, p + (dy, dx))."""
-    y0, y1 = max(0, -dy), h - max(0, dy)
-    x0, x1 = max(0, -dx), w - max(0, dx)
-    return (slice(y0, y1), slice(x0, x1)), (slice(y0 + dy, y1 + dy), slice(x0 + dx, x1 + dx))
-
-
 def corr_pnr_images(Yf, sn, threshold=Z_THRESHOLD):
     """Correlation and PNR images of a filtered movie held on the device.
 
@@ -159,39 +149,16 @@ def corr_pnr_images(Yf, sn, threshold=Z_THRESHOLD):
     Cn, pnr : (d1, d2) tensors
     """
     T, h, w = Yf.shape
-    dev = Yf.device
     mean = Yf.mean(0)
     ok = sn > 0
     inv = torch.where(ok, 1.0 / sn.clamp_min(1e-30), torch.zeros_like(sn))
     pnr = ((Yf.amax(0) - mean) * inv).clamp_min(0)
-    S1 = torch.zeros((h, w), dtype=torch.float64, device=dev)
-    S2 = torch.zeros_like(S1)
-    S12 = [torch.zeros_like(S1) for _ in _HALF_NEIGHBOURS]
-    # float32 sums over short chunks of frames, accumulated in float64
+    mom = PixelMoments(dims=(h, w), device=Yf.device, offsets=neighbour_offsets(2, True))
     step = max(1, _CHUNK_ELEMS // (h * w))
     for t0 in range(0, T, step):
         z = (Yf[t0:t0 + step] - mean) * inv
-        z.masked_fill_(z < threshold, 0.0)
-        S1 += z.sum(0).double()
-        S2 += (z * z).sum(0).double()
-        for k, (dy, dx) in enumerate(_HALF_NEIGHBOURS):
-            (ya, xa), (yb, xb) = _pair_region(dy, dx, h, w)
-            S12[k][ya, xa] += (z[:, ya, xa] * z[:, yb, xb]).sum(0).double()
-    m = S1 / T
-    sd = (S2 / T - m * m).clamp_min(0).sqrt()
-    acc = torch.zeros_like(S1)
-    cnt = torch.zeros_like(S1)
-    for k, (dy, dx) in enumerate(_HALF_NEIGHBOURS):
-        (ya, xa), (yb, xb) = _pair_region(dy, dx, h, w)
-        den = sd[ya, xa] * sd[yb, xb]
-        rho = torch.where(den > 0, (S12[k][ya, xa] / T - m[ya, xa] * m[yb, xb])
-                          / den.clamp_min(1e-300), torch.zeros_like(den))
-        acc[ya, xa] += rho
-        acc[yb, xb] += rho
-        cnt[ya, xa] += 1
-        cnt[yb, xb] += 1
-    Cn = (acc / cnt.clamp_min(1)).float()
-    return Cn, pnr.float()
+        mom.update(z.masked_fill_(z < threshold, 0.0))
+    return mom.correlation_image().float(), pnr.float()
 
 
 # --------------------------------------------------------------------------
