@@ -231,3 +231,42 @@ def test_cnmf_class_routes_1p_and_saves(tmp_path):
     assert (back.W != est.W).nnz == 0
     np.testing.assert_array_equal(back.b0, est.b0)
     np.testing.assert_array_equal(back.C, est.C)
+
+
+def test_background_removed_source_equals_ring_model(movie, fit_cpu):
+    """The lazily read Y - B (sparse W on the ssub_B grid) equals the ring
+    model's own background, frame range by frame range."""
+    from gpu_cnmf.cnmf.ring_movie import BackgroundRemovedSource, grid_factor
+
+    mov, _ = movie
+    src = BackgroundRemovedSource(mov, fit_cpu["A"], fit_cpu["C"], fit_cpu["b0"], fit_cpu["W"])
+    assert src.ssub_B == 2 and src.shape == mov.shape
+    Y = _pixels(mov)
+    A = torch.as_tensor(fit_cpu["A"].toarray())
+    B = ring_background(fit_cpu["ring"], torch.as_tensor(fit_cpu["b0"]),
+                        Y - A @ torch.as_tensor(fit_cpu["C"]))
+    want = _frames_view(Y - B, DIMS).numpy()
+    np.testing.assert_allclose(src.read(100, 180), want[100:180], atol=2e-3 * np.abs(want).max())
+    with pytest.raises(ParameterError, match="W"):
+        grid_factor(fit_cpu["W"].shape, DIMS, ssub_B=3)
+
+
+def test_evaluation_of_cnmfe_sees_the_movie_without_background(movie, fit_cpu):
+    """Component evaluation scores CNMF-E footprints against Y - B: the true
+    neurons' spatial correlations are high there, and low on the raw movie,
+    whose bright background gradients swamp them."""
+    from gpu_cnmf.cnmf.estimates import Estimates
+    from gpu_cnmf.evaluation.spatial import spatial_correlation
+
+    mov, truth = movie
+    est = Estimates(dims=DIMS)
+    for name in ("A", "C", "YrA", "b", "f", "b0", "W"):
+        setattr(est, name, fit_cpu[name])
+    est.evaluate_components(mov, _params(min_SNR=2.5, rval_thr=0.8, use_cnn=False))
+    r = roi_f1(truth.A, fit_cpu["A"], DIMS)
+    true_rval = est.r_values[r["matched_est"]]
+    raw_rval = spatial_correlation(mov, fit_cpu["A"], fit_cpu["C"])[r["matched_est"]]
+    assert np.median(true_rval) >= 0.9
+    assert np.median(raw_rval) < np.median(true_rval) - 0.1
+    kept = roi_f1(truth.A, fit_cpu["A"][:, est.idx_components], DIMS)
+    assert kept["recall"] >= 0.85 and kept["f1"] >= 0.85, kept

@@ -121,11 +121,19 @@ class Estimates:
 
         Sets ``idx_components``, ``idx_components_bad``, ``SNR_comp``,
         ``r_values`` and ``cnn_preds`` with the ``quality`` parameters of
-        ``params`` (a CNMFParams), as CaImAn does. ``dview`` is accepted for
+        ``params`` (a CNMFParams), as CaImAn does. A CNMF-E result (with
+        ``W`` and ``b0``) is scored against the movie minus its ring
+        background. ``dview`` is accepted for
         compatibility and ignored. Returns self.
         """
         from ..evaluation import evaluate_components
 
+        if self.W is not None and self.b0 is not None:
+            # CNMF-E: components are scored against the movie minus its
+            # ring background, as they were fitted
+            from .ring_movie import BackgroundRemovedSource
+            images = BackgroundRemovedSource(images, self.A, self.C, self.b0, self.W,
+                                             params.init.get("ssub_B"))
         res = evaluate_components(images, self.A, self.C, self.b, self.f, self.YrA, self.dims,
                                   params.data["fr"], params.data["decay_time"],
                                   params.get_group("quality"), use_cuda=params.use_cuda,
