@@ -25,13 +25,16 @@ import numpy as np
 def demo_movie(small: bool, seed: int, one_photon: bool = False):
     """The demo's movie and its truth. Two-photon: the standard 256x256x2000
     movie with 120 neurons, or 128x128x600 with 30 neurons when ``small``.
-    One-photon: 160x160x1000 with 40 neurons (96x96x500, 20 when ``small``)."""
+    One-photon: 160x160x1000 with 40 neurons (96x96x500, 20 when ``small``),
+    with three blood-vessel shadows: the static texture that 1p registration
+    locks on to, as in real microendoscope data."""
     from .synthetic import make_movie, standard_2p
 
     if one_photon:
         dims, T, K = ((96, 96), 500, 20) if small else ((160, 160), 1000, 40)
         return make_movie("1p", dims=dims, n_frames=T, n_neurons=K, motion="rigid",
-                          max_shift=3, seed=seed, keep_clean=False)
+                          max_shift=3, seed=seed, keep_clean=False, n_vessels=3,
+                          vessel_depth=0.3)
     if small:
         return make_movie("2p", dims=(128, 128), n_frames=600, n_neurons=30,
                           motion="rigid", max_shift=4, seed=seed, keep_clean=False)

@@ -286,6 +286,12 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     PipelineResult
         Print it for the closing summary.
 
+    Notes
+    -----
+    The CNMF stage runs with ``border_pix`` at least the largest motion
+    shift (rounded up), as CaImAn's demos set it: no component is seeded in
+    the border that motion correction filled in.
+
     Raises
     ------
     MovieError, ParameterError, DeviceError
@@ -335,6 +341,12 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         run_params.change_params({"data": {"mmap_C": str(fname_c),
                                            "mmap_F": [str(f) for f in mc.mmap_file]}
                                   } if keep_memmap else {})
+        # Frames shifted by up to b px have b px of filled-in border, whose
+        # repeated rows look like perfectly correlated "cells" to the seed
+        # search: no components are started there (CaImAn's demos pass
+        # the same bound as border_pix by hand).
+        bord = max(int(run_params.patch["border_pix"]), int(getattr(mc, "border_to_0", 0)))
+        run_params.change_params({"patch": {"border_pix": bord}})
 
         Yr, mm_dims, T = load_memmap(fname_c)
         images = np.reshape(Yr.T, [T] + list(mm_dims), order="F")

@@ -270,3 +270,17 @@ def test_evaluation_of_cnmfe_sees_the_movie_without_background(movie, fit_cpu):
     assert np.median(raw_rval) < np.median(true_rval) - 0.1
     kept = roi_f1(truth.A, fit_cpu["A"][:, est.idx_components], DIMS)
     assert kept["recall"] >= 0.85 and kept["f1"] >= 0.85, kept
+
+
+def test_no_seeds_in_the_border(movie):
+    mov, _ = movie
+    bp = 12
+    *_, extra = initialize_corr_pnr(mov, 4, min_corr=0.8, min_pnr=5, border_pix=bp)
+    seeds = np.concatenate(extra["seeds"])
+    assert len(seeds) >= 10
+    assert seeds.min() >= bp and seeds[:, 0].max() < DIMS[0] - bp and seeds[:, 1].max() < DIMS[1] - bp
+    *_, free = initialize_corr_pnr(mov, 4, min_corr=0.8, min_pnr=5)
+    s0 = np.concatenate(free["seeds"])
+    assert ((s0 < bp) | (s0 >= DIMS[0] - bp)).any()      # the test movie has cells there
+    with pytest.raises(ParameterError, match="border_pix"):
+        initialize_corr_pnr(mov, 4, border_pix=-1)

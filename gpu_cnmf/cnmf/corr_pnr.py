@@ -368,7 +368,7 @@ def greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked, max_neur
 def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_size_factor=1.5,
                         ssub_B=2, init_iter=2, center_psf=True, seed_method="auto", nb=0,
                         device="cpu", dims=None, K=None, noise_range=(0.25, 0.5),
-                        noise_method="mean", hals_iter=2):
+                        noise_method="mean", hals_iter=2, border_pix=0):
     """CNMF-E initialisation (see the module docstring).
 
     Parameters
@@ -398,6 +398,9 @@ def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_siz
         Largest number of neurons (None: as many as pass the thresholds).
     hals_iter : int
         HALS rounds on ``Y - B`` after each background fit.
+    border_pix : int
+        No seed within this many pixels of the edge (where motion correction
+        fills in frames, the edge rows repeat and correlate perfectly).
 
     Returns
     -------
@@ -420,6 +423,11 @@ def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_siz
     radius = ring_radius(gSiz, ring_size_factor)
     kernel = psf_kernel(gSig, bool(center_psf))
     blocked = torch.zeros(dims, dtype=torch.bool, device=dev)
+    bp = int(border_pix)
+    if bp < 0:
+        raise ParameterError(f"border_pix: expected an int >= 0, got {border_pix!r}")
+    if bp:
+        blocked[:bp], blocked[-bp:], blocked[:, :bp], blocked[:, -bp:] = True, True, True, True
     Yres = _frames_view(Ymat, dims).contiguous()
     A_img, C, info = greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked,
                                    K, noise_range, noise_method)

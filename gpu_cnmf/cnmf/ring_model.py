@@ -492,7 +492,8 @@ def cnmfe_fit(images, params, Ain=None, n_iter=2, dims=None, device=None):
             Y, ini["gSig"], ini["gSiz"], ini["min_corr"], ini["min_pnr"],
             ini["ring_size_factor"], ssub_B, ini["init_iter"], center_psf=ini["center_psf"],
             seed_method=ini["seed_method"], nb=0, device=dev, dims=dims, K=ini["K"],
-            noise_range=pre["noise_range"], noise_method=pre["noise_method"])
+            noise_range=pre["noise_range"], noise_method=pre["noise_method"],
+            border_pix=cfg["patch"]["border_pix"])
     else:
         A0 = Ain.toarray() if sp.issparse(Ain) else np.asarray(Ain)
         if A0.shape[0] != d:
