@@ -53,6 +53,14 @@ def test_cpu_twin(benchmark, p):
                        rounds=1, iterations=1)
 
 
+def test_cpu_twin_two_stage(benchmark):
+    """AR(2) with support='ar1': an AR(1) pass finds the events first."""
+    y = traces(N_CPU, 2)
+    _extra(benchmark, N_CPU)
+    benchmark.pedantic(deconvolve_batch, args=(y,), kwargs=dict(p=2, g=G[2], sn=SN, support="ar1"),
+                       rounds=1, iterations=1)
+
+
 @pytest.mark.parametrize("p", [1, 2])
 def test_cpu_twin_estimated_params(benchmark, p):
     """Full call as CNMF makes it: sn and g estimated, baseline free."""

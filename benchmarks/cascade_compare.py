@@ -100,12 +100,16 @@ def main():
     ap.add_argument("--noise-method", default="mean")
     ap.add_argument("--fudge-factor", type=float, default=0.96)
     ap.add_argument("--lags", type=int, default=5)
+    ap.add_argument("--support", default=None, choices=["ar1", "ar2"],
+                    help="two-stage AR(2): spikes only near the events of a first pass")
     ap.add_argument("--ref-optimize-g", type=int, default=0)
     ap.add_argument("--table", default=None)
     a = ap.parse_args()
     ours_kw = dict(optimize_g=bool(a.optimize_g), noise_method=a.noise_method, fudge_factor=a.fudge_factor, lags=a.lags)
     if a.s_min is not None:
         ours_kw["s_min"] = a.s_min
+    if a.support is not None:
+        ours_kw["support"] = a.support
     ref_kw = dict(optimize_g=a.ref_optimize_g)
     rows = run(a.p, ours_kw, ref_kw)
     text = table(rows, a.p, ours_kw, ref_kw)

@@ -114,14 +114,26 @@ __device__ int consolidate(int n_in, const F *y, long long ystride, int T, doubl
     return j + 1;
 }
 
+// First pools: every frame without a mask, else one pool from each allowed
+// frame (and frame 0) up to the next, with its sum of h_k y. The mask has
+// the layout of y (stride ystride).
 template <typename F>
-__device__ int singletons(const F *y, long long ystride, int T, const Scratch &sc) {
+__device__ int initial_pools(const F *y, long long ystride, int T, const unsigned char *mask,
+                             bool use_mask, int hlen, const Scratch &sc) {
+    int n = 0;
     for (int i = 0; i < T; ++i) {
-        AT(sc.pt, i) = i;
-        AT(sc.pl, i) = 1;
-        AT(sc.pS, i) = (double)YAT(i);
+        if (i == 0 || !use_mask || mask[(long long)i * ystride] != 0) {
+            AT(sc.pt, n) = i;
+            AT(sc.pl, n) = 1;
+            AT(sc.pS, n) = (double)YAT(i);
+            n += 1;
+        } else {
+            int k = AT(sc.pl, n - 1);
+            if (k < hlen) AT(sc.pS, n - 1) += AT(sc.h, k) * (double)YAT(i);
+            AT(sc.pl, n - 1) = k + 1;
+        }
     }
-    return T;
+    return n;
 }
 
 template <typename F>
@@ -180,25 +192,29 @@ __device__ void linearize(int n, const F *y, long long ystride, int T, double g1
     }
 }
 
+// Larger root of A x^2 + 2 B x + C = 0; without one, the minimiser -B/A but
+// never a step up (see _quad_root in oasis_cpu.py).
 __device__ __forceinline__ double quad_root(double A, double B, double C) {
     if (A <= 0.0) return 0.0;
     double disc = B * B - A * C;
-    if (disc < 0.0) return -B / A;
+    if (disc < 0.0) return fmin(-B / A, 0.0);
     return (-B + sqrt(disc)) / A;
 }
 
 template <typename F>
 __device__ void solve_trace(const F *y, long long ystride, int T, double g1, double g2, double sn,
                             double b, bool b_free, double bmin, int mode, double smin, int maxiter,
-                            const Scratch &sc, float *c_out, float *s_out, long long ostride,
+                            const unsigned char *mask, bool use_mask, const Scratch &sc,
+                            float *c_out, float *s_out, long long ostride,
                             double *info) {
     int hlen = kernel_fill(g1, g2, T, sc);
     double thresh = sn * sn * T;
     double lam = 0.0;
     double acc[9];
-    int n = singletons(y, ystride, T, sc);
+    int n = initial_pools(y, ystride, T, mask, use_mask, hlen, sc);
     n = consolidate(n, y, ystride, T, g1, g2, lam, b, 0.0, hlen, sc);
     int it = 0;
+    bool fresh = false;
     while (it < maxiter) {
         linearize(n, y, ystride, T, g1, g2, b, sc, acc);
         double R = acc[0], RR = acc[1], Rq1 = acc[2], Rq2 = acc[3], Q11 = acc[4];
@@ -206,7 +222,15 @@ __device__ void solve_trace(const F *y, long long ystride, int T, double g1, dou
         bool use_b = b_free && it > 0 && S2 > 1e-3 * T;
         bool done_rss = fabs(RR - thresh) <= RSS_TOL * thresh || (lam == 0.0 && RR > thresh);
         bool done_b = (!use_b) || fabs(R) <= RSS_TOL * sqrt(thresh * T) + 1e-12;
-        if (it > 0 && done_rss && done_b) break;
+        if (it > 0 && done_rss && done_b) {
+            if (fresh || !use_mask) break;
+            // merges are never undone: on a support, one fresh pass at the
+            // converged (lam, b) (see _solve_trace in oasis_cpu.py)
+            fresh = true;
+            n = initial_pools(y, ystride, T, mask, use_mask, hlen, sc);
+            n = consolidate(n, y, ystride, T, g1, g2, lam, b, 0.0, hlen, sc);
+            continue;
+        }
         double db = 0.0, dl = 0.0;
         if (use_b) {
             double m = R / S2, f = S1 / S2;
@@ -233,7 +257,7 @@ __device__ void solve_trace(const F *y, long long ystride, int T, double g1, dou
     }
     if (mode == MODE_THRESH) {
         lam = 0.0;
-        n = singletons(y, ystride, T, sc);
+        n = initial_pools(y, ystride, T, mask, use_mask, hlen, sc);
         n = consolidate(n, y, ystride, T, g1, g2, 0.0, b, smin, hlen, sc);
     } else if (mode == MODE_AUTO) {
         lam = 0.0;
@@ -244,13 +268,13 @@ __device__ void solve_trace(const F *y, long long ystride, int T, double g1, dou
         }
         for (int q = 0; q < N_BISECT; ++q) {
             double mid = 0.5 * (lo + hi);
-            n = singletons(y, ystride, T, sc);
+            n = initial_pools(y, ystride, T, mask, use_mask, hlen, sc);
             n = consolidate(n, y, ystride, T, g1, g2, 0.0, b, mid, hlen, sc);
             if (rss(n, y, ystride, b, g2, sc) <= thresh) lo = mid;
             else hi = mid;
         }
         smin = lo;
-        n = singletons(y, ystride, T, sc);
+        n = initial_pools(y, ystride, T, mask, use_mask, hlen, sc);
         n = consolidate(n, y, ystride, T, g1, g2, 0.0, b, lo, hlen, sc);
     }
     double c0 = 0.0;
@@ -279,13 +303,16 @@ __device__ void solve_trace(const F *y, long long ystride, int T, double g1, dou
 }
 
 // Y, C, S: (T, N) row-major (traces are columns); G: (N, 2); sn, b0, bmin,
-// smin: (N,); info: (N, 5). Scratch: ints (2, T, N) and doubles (7, T + 1, N)
+// smin: (N,); info: (N, 5); M: support mask (T, N) uint8, read only when
+// use_mask (spikes only where M != 0; any valid pointer otherwise).
+// Scratch: ints (2, T, N) and doubles (7, T + 1, N)
 // for the N traces of this launch.
 template <typename F>
 __device__ void oasis_batch_impl(const F *Y, int N, int T, const double *G, const double *sn,
                                  const double *b0, int b_free, const double *bmin, int mode,
-                                 const double *smin, int maxiter, float *C, float *S,
-                                 double *info, int *iscratch, double *dscratch) {
+                                 const double *smin, int maxiter, const unsigned char *M,
+                                 int use_mask, float *C, float *S, double *info, int *iscratch,
+                                 double *dscratch) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) return;
     long long ns = N;
@@ -302,25 +329,28 @@ __device__ void oasis_batch_impl(const F *Y, int N, int T, const double *G, cons
     sc.pt = iscratch + i;
     sc.pl = iscratch + (long long)T * ns + i;
     double row[5];
+    const unsigned char *m = use_mask ? M + i : M;
     solve_trace<F>(Y + i, ns, T, G[2 * i], G[2 * i + 1], sn[i], b0[i], b_free != 0, bmin[i], mode,
-                   smin[i], maxiter, sc, C + i, S + i, ns, row);
+                   smin[i], maxiter, m, use_mask != 0, sc, C + i, S + i, ns, row);
     for (int k = 0; k < 5; ++k) info[5 * (long long)i + k] = row[k];
 }
 
 extern "C" __global__ void oasis_batch_f32(const float *Y, int N, int T, const double *G,
                                            const double *sn, const double *b0, int b_free,
                                            const double *bmin, int mode, const double *smin,
-                                           int maxiter, float *C, float *S, double *info,
-                                           int *iscratch, double *dscratch) {
-    oasis_batch_impl<float>(Y, N, T, G, sn, b0, b_free, bmin, mode, smin, maxiter, C, S, info,
-                            iscratch, dscratch);
+                                           int maxiter, const unsigned char *M, int use_mask,
+                                           float *C, float *S, double *info, int *iscratch,
+                                           double *dscratch) {
+    oasis_batch_impl<float>(Y, N, T, G, sn, b0, b_free, bmin, mode, smin, maxiter, M, use_mask, C,
+                          S, info, iscratch, dscratch);
 }
 
 extern "C" __global__ void oasis_batch_f64(const double *Y, int N, int T, const double *G,
                                            const double *sn, const double *b0, int b_free,
                                            const double *bmin, int mode, const double *smin,
-                                           int maxiter, float *C, float *S, double *info,
-                                           int *iscratch, double *dscratch) {
-    oasis_batch_impl<double>(Y, N, T, G, sn, b0, b_free, bmin, mode, smin, maxiter, C, S, info,
-                             iscratch, dscratch);
+                                           int maxiter, const unsigned char *M, int use_mask,
+                                           float *C, float *S, double *info, int *iscratch,
+                                           double *dscratch) {
+    oasis_batch_impl<double>(Y, N, T, G, sn, b0, b_free, bmin, mode, smin, maxiter, M, use_mask, C,
+                          S, info, iscratch, dscratch);
 }

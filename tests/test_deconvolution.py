@@ -119,9 +119,10 @@ def test_accuracy_high_noise(g):
     y, c, s = simulate(8, 3000, g, 0.5, seed=5)
     res = deconvolve_batch(y, p=len(g), g=g, sn=0.5)
     assert corr_rows(res.C, c).mean() >= 0.90
-    # At noise 0.5 a spike's frame is uncertain by +-1: the frame-exact
-    # correlation averages ~0.67 (as oasis-deconv's on the same traces);
-    # within +-1 frame it is >= 0.7.
+    # At noise 0.5 the frame-exact correlation is ~0.67 for AR(2); CaImAn's
+    # level (0.70) needs the exact L1 solution (cvxpy and oasis-deconv reach
+    # ~0.79 here): the greedy AR(2) pool merge smears spikes by 1-2 frames.
+    # Within +-1 frame it is >= 0.7.
     assert corr_rows(res.S, s).mean() >= 0.6
     assert corr_rows(_box3(res.S), _box3(s)).mean() >= 0.70
 
@@ -228,6 +229,97 @@ def test_known_c1_is_kept():
     assert c1 == 3.0 and c[0] >= 3.0
 
 
+# ---------------------------------------------------------------- support mask
+
+def _random_support(T, seed, density=0.3):
+    return np.random.default_rng(seed).random(T) < density
+
+
+@pytest.mark.parametrize("g", [AR1, AR2])
+def test_support_mask_is_respected(g):
+    y, _, s = simulate(4, 1500, g, 0.3, seed=20)
+    # the true spike frames and the one before, plus random frames
+    M = (s > 0) | np.roll(s > 0, -1, axis=1) | np.stack([_random_support(1500, k, 0.2) for k in range(4)])
+    res = deconvolve_batch(y, p=len(g), g=g, sn=0.3, support=M)
+    assert (res.S[~M] == 0).all() and (res.S[:, 1:][M[:, 1:]] > 0).any()
+    assert (res.lam > 0).all()
+    # still the noise-constrained problem, with zero-mean residual
+    rss = ((y - res.C - res.bl[:, None]) ** 2).sum(axis=1)
+    np.testing.assert_allclose(rss, 0.09 * 1500, rtol=2e-3)
+    assert np.abs((y - res.C - res.bl[:, None]).mean(axis=1)).max() < 1e-3
+    pred = res.C.astype(float).copy()
+    pred[:, 1:] -= g[0] * res.C[:, :-1]
+    if len(g) == 2:
+        pred[:, 2:] -= g[1] * res.C[:, :-2]
+    np.testing.assert_allclose(pred[:, 2:], res.S[:, 2:], atol=2e-4)
+    # a (T,) mask applies to every trace; the all-True mask is the plain solve
+    one = deconvolve_batch(y, p=len(g), g=g, sn=0.3, support=M[0])
+    assert (one.S[:, ~M[0]] == 0).all() and (one.S[0] == res.S[0]).all()
+    full = deconvolve_batch(y, p=len(g), g=g, sn=0.3, support=np.ones(1500, bool))
+    plain = deconvolve_batch(y, p=len(g), g=g, sn=0.3)
+    np.testing.assert_array_equal(full.S, plain.S)
+
+
+def test_support_too_small_for_the_noise_gives_lam_zero():
+    """Even the unpenalised fit on the support misses sn^2 T: lam stays 0 and
+    the result is the non-negative least-squares fit on the support."""
+    y, _, _ = simulate(2, 1000, AR1, 0.2, seed=21, rate=1 / 30)
+    M = np.zeros(1000, bool)
+    M[::97] = True
+    res = deconvolve_batch(y, p=1, g=AR1, sn=0.2, support=M)
+    assert (res.lam == 0).all()
+    rss = ((y - res.C - res.bl[:, None]) ** 2).sum(axis=1)
+    assert (rss > 0.04 * 1000).all()
+    assert np.abs((y - res.C - res.bl[:, None]).mean(axis=1)).max() < 1e-3
+    cvxpy = pytest.importorskip("cvxpy")
+    from gpu_cnmf.deconvolution.cvx import ar_operator
+    G = ar_operator(AR1, 1000)
+    off = np.flatnonzero(~M)
+    for i in range(2):
+        c = cvxpy.Variable(1000)
+        b = cvxpy.Variable()
+        s = G @ c
+        prob = cvxpy.Problem(cvxpy.Minimize(cvxpy.sum_squares(y[i] - c - b)), [s >= 0, b >= 0, s[off] == 0])
+        prob.solve(solver="CLARABEL")
+        assert abs(rss[i] / prob.value - 1) < 1e-3
+        np.testing.assert_allclose(res.C[i], c.value, atol=2e-3)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(s_min=0.3), dict(s_min=0), dict(s_min=-1.0),
+                                dict(optimize_g=True), dict(bl=10.0), dict(bas_nonneg=False)])
+def test_two_stage_support_modes(kw):
+    y, c, s = simulate(6, 2000, AR2, 0.3, seed=22)
+    g = None if kw.get("optimize_g") else AR2
+    for how in ("ar1", "ar2"):
+        res = deconvolve_batch(y, p=2, g=g, sn=0.3, support=how, **kw)
+        assert corr_rows(res.C, c).mean() >= 0.99
+        assert corr_rows(res.S, s).mean() >= 0.8
+        if "s_min" in kw and kw["s_min"] > 0:
+            nz = res.S[res.S > 0]
+            assert nz.min() >= kw["s_min"] - 1e-5
+    # spikes only near the events of the first stage
+    ref = deconvolve_batch(y, p=2, g=AR2, sn=0.3)
+    from gpu_cnmf.deconvolution.batch import spike_support
+    M = spike_support(torch.from_numpy(ref.S)).numpy()
+    two = deconvolve_batch(y, p=2, g=AR2, sn=0.3, support="ar2")
+    if not kw:
+        assert (two.S[~M] == 0).all()
+    # AR(1): the greedy pass is exact, there is no second stage
+    one = deconvolve_batch(y, p=1, g=AR1, sn=0.3, support="ar1")
+    np.testing.assert_array_equal(one.S, deconvolve_batch(y, p=1, g=AR1, sn=0.3).S)
+
+
+def test_support_through_constrained_foopsi():
+    y, _, _ = simulate(1, 1500, AR2, 0.3, seed=23)
+    M = _random_support(1500, 3)
+    out = constrained_foopsi(y[0], g=AR2, sn=0.3, p=2, support=M)
+    assert (out[5][~M] == 0).all()
+    ref = deconvolve_batch(y, p=2, g=AR2, sn=0.3, support=M)
+    np.testing.assert_allclose(out[5], ref.S[0], atol=1e-5)
+    two = constrained_foopsi(y[0], g=AR2, sn=0.3, p=2, support="ar1")
+    assert np.corrcoef(two[0], out[0])[0, 1] > 0.99
+
+
 # ---------------------------------------------------------------- cvxpy
 
 @pytest.mark.parametrize("g", [AR1, AR2])
@@ -241,6 +333,30 @@ def test_cvxpy_agrees_with_oasis(g):
     if len(g) == 1:  # AR(1) OASIS is exact
         np.testing.assert_allclose(a[0], b[0], atol=2e-3)
         assert abs(a[6] - b[6]) < 0.01 * a[6]
+
+
+@pytest.mark.parametrize("g", [AR1, AR2])
+def test_cvxpy_agrees_with_oasis_on_a_support(g):
+    """Same problem with s constrained to 0 off the support."""
+    cvxpy = pytest.importorskip("cvxpy")
+    from gpu_cnmf.deconvolution.cvx import ar_operator
+    T = 300
+    y, _, s_true = simulate(1, T, g, 0.2, seed=15, rate=1 / 30)
+    M = (s_true[0] > 0) | np.roll(s_true[0] > 0, -1) | _random_support(T, 4, density=0.2)
+    res = deconvolve_batch(y, p=len(g), g=g, sn=0.2, support=M)
+    assert res.lam[0] > 0
+    G = ar_operator(g, T)
+    c = cvxpy.Variable(T)
+    b = cvxpy.Variable()
+    s = G @ c
+    off = np.flatnonzero(~M)
+    off = off[off > 0]
+    cons = [s >= 0, b >= 0, s[off] == 0, cvxpy.SOC(0.2 * np.sqrt(T), y[0] - c - b)]
+    cvxpy.Problem(cvxpy.Minimize(cvxpy.sum(s)), cons).solve(solver="CLARABEL")
+    assert np.corrcoef(res.C[0], c.value)[0, 1] > 0.999
+    assert abs(res.bl[0] - b.value) < 0.05
+    if len(g) == 1:  # AR(1) OASIS is exact on any support too
+        np.testing.assert_allclose(res.C[0], c.value, atol=2e-3)
 
 
 def test_cvxpy_missing_gives_clear_error(monkeypatch):
@@ -273,6 +389,10 @@ def test_bad_parameters():
         deconvolve_batch(y, p=1, s_min="big")
     with pytest.raises(ParameterError, match="optimize_g"):
         deconvolve_batch(y, p=1, optimize_g=-1)
+    with pytest.raises(ParameterError, match="support"):
+        deconvolve_batch(y, p=2, support="ar3")
+    with pytest.raises(ParameterError, match="support"):
+        deconvolve_batch(y, p=2, g=AR2, sn=1.0, support=np.ones(100, bool))
     bad = y.copy()
     bad[0, 5] = np.nan
     with pytest.raises(ParameterError, match="NaN"):
@@ -303,7 +423,10 @@ def test_kernel_compiles_with_nvrtc():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kw", [dict(p=1), dict(p=2), dict(p=2, s_min=0.3), dict(p=1, s_min=0),
-                                dict(p=1, bas_nonneg=False), dict(p=2, optimize_g=True)])
+                                dict(p=1, bas_nonneg=False), dict(p=2, optimize_g=True),
+                                dict(p=2, support="ar1"), dict(p=2, support="ar2", s_min=0),
+                                dict(p=2, support="ar1", optimize_g=True, s_min=-1.0),
+                                dict(p=1, support=_random_support(2000, 5))])
 def test_gpu_kernel_matches_cpu_twin(kw):
     y, _, _ = simulate(300, 2000, AR2 if kw["p"] == 2 else AR1, 0.3, seed=16)
     cpu = deconvolve_batch(torch.from_numpy(y).float(), **kw)

@@ -21,6 +21,15 @@ from .noise import _as_2d_tensor, check_noise_params, psd_noise
 # median because transients only add to the baseline.
 BASELINE_QUANTILE = 0.15
 DEFAULT_MAX_ITER = 50
+# Two-stage AR(2) (support="ar1"): spikes of the AR(1) pass (decay = the
+# dominant root) at least SUPPORT_FRACTION of the trace's largest one mark an
+# event; the AR(2) solve may put spikes from SUPPORT_BEFORE frames before to
+# SUPPORT_AFTER frames after it (the AR(1) fit cannot follow the rise, so its
+# spike tends to come late).
+SUPPORT_FRACTION = 0.1
+SUPPORT_BEFORE = 2
+SUPPORT_AFTER = 1
+SUPPORT_MODES = (None, "ar1", "ar2")
 
 
 @dataclass
@@ -86,12 +95,14 @@ def _g_matrix(g, p, N, device):
     return G
 
 
-def run_oasis(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter=DEFAULT_MAX_ITER):
+def run_oasis(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter=DEFAULT_MAX_ITER,
+              support=None):
     """Dispatch the per-trace solver: CUDA kernel for cuda tensors, numba twin
-    otherwise. Returns C, S (N, T) float32 and info (N, 5) float64 on Y's device."""
+    otherwise. ``support`` (N, T) bool, optional: spikes allowed only there.
+    Returns C, S (N, T) float32 and info (N, 5) float64 on Y's device."""
     if Y.device.type == "cuda":
         from .oasis_gpu import oasis_batch_cuda
-        return oasis_batch_cuda(Y, G, sn, b0, b_free, bmin, mode, smin, max_iter)
+        return oasis_batch_cuda(Y, G, sn, b0, b_free, bmin, mode, smin, max_iter, support)
     y = Y.detach().contiguous().numpy()
     if y.dtype not in (np.float32, np.float64):
         y = y.astype(np.float32)
@@ -99,14 +110,72 @@ def run_oasis(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter=DEF
     C = np.empty((N, T), np.float32)
     S = np.empty((N, T), np.float32)
     info = np.empty((N, 5), np.float64)
+    if support is None:
+        M = np.ones((1, 1), np.uint8)
+    else:
+        M = np.ascontiguousarray(support.detach().cpu().numpy(), dtype=np.uint8)
     oasis_cpu.oasis_batch(y, G.numpy(), sn.numpy(), b0.numpy(), bool(b_free), bmin.numpy(),
-                          int(mode), smin.numpy(), int(max_iter), C, S, info)
+                          int(mode), smin.numpy(), int(max_iter), M, support is not None, C, S, info)
     return torch.from_numpy(C), torch.from_numpy(S), torch.from_numpy(info)
+
+
+def dominant_root(G):
+    """Slowest decay factor of each AR polynomial z^2 - g1 z - g2 (G (N, 2))."""
+    g1, g2 = G[:, 0], G[:, 1]
+    return (g1 + (g1 * g1 + 4 * g2).clamp_min(0).sqrt()) / 2
+
+
+def dilate_support(events, before=SUPPORT_BEFORE, after=SUPPORT_AFTER):
+    """Frames from ``before`` frames before to ``after`` frames after each
+    event of the (N, T) bool tensor ``events``."""
+    out = events.clone()
+    T = events.shape[1]
+    for k in range(1, min(before, T - 1) + 1):
+        out[:, :T - k] |= events[:, k:]
+    for k in range(1, min(after, T - 1) + 1):
+        out[:, k:] |= events[:, :T - k]
+    return out
+
+
+def spike_support(S, fraction=SUPPORT_FRACTION, before=SUPPORT_BEFORE, after=SUPPORT_AFTER):
+    """Support mask (N, T) bool from a first pass's spikes S: the frames
+    near spikes of at least ``fraction`` of the trace's largest spike."""
+    S = S.clone()
+    S[:, 0] = 0
+    top = S.max(dim=1, keepdim=True).values
+    events = (S >= fraction * top) & (S > 0)
+    return dilate_support(events, before, after)
+
+
+def _support(how, t32, G, sn_t, b0, b_free, bmin, max_iter):
+    """Support mask for the second stage: None (every frame), a user mask,
+    or spikes of a first noise-constrained pass ('ar1': decay = dominant
+    root; 'ar2': the exact-constraint AR(2) pass itself)."""
+    N, T = t32.shape
+    if how is None:
+        return None
+    if not isinstance(how, str):
+        m = torch.as_tensor(how, device=t32.device).to(torch.bool)
+        if m.ndim == 1:
+            m = m.reshape(1, -1).expand(N, -1)
+        if m.shape != (N, T):
+            raise ParameterError(f"support: expected a bool mask of shape ({T},) or ({N}, {T}), "
+                                 f"got {tuple(m.shape)}")
+        return None if bool(m.all()) else m.contiguous()
+    if (G[:, 1] == 0).all():
+        return None     # AR(1) (or p = 0): the greedy pass is exact, no second stage
+    G1 = G
+    if how == "ar1":
+        G1 = torch.zeros_like(G)
+        G1[:, 0] = dominant_root(G)
+    zeros = torch.zeros(N, dtype=torch.float64, device=t32.device)
+    _, S1, _ = run_oasis(t32, G1, sn_t, b0, b_free, bmin, oasis_cpu.MODE_L1, zeros, max_iter)
+    return spike_support(S1)
 
 
 def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optimize_g=False,
                      noise_range=(0.25, 0.5), noise_method="mean", lags=5, fudge_factor=0.96,
-                     *, bl=None, max_iter=DEFAULT_MAX_ITER):
+                     *, bl=None, max_iter=DEFAULT_MAX_ITER, support=None):
     """Deconvolve many calcium traces at once with OASIS (noise-constrained).
 
     For each trace y, finds calcium c (AR(p) dynamics), spikes s >= 0 and a
@@ -139,6 +208,15 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         A known baseline (not estimated).
     max_iter : int, keyword-only
         Most (lam, b) updates per trace.
+    support : {None, 'ar1', 'ar2'} or bool array (T,) or (N, T), keyword-only
+        Frames where spikes may occur. None: every frame. 'ar1' (AR(2)
+        only, two-stage as in Friedrich et al. 2017): a first pass with
+        the AR(1) decay of the dominant root finds the events; spikes of at
+        least ``SUPPORT_FRACTION`` of the trace's largest, widened by
+        ``SUPPORT_BEFORE`` / ``SUPPORT_AFTER`` frames, form the support of
+        the AR(2) solve. 'ar2': the same from a first AR(2) pass. A mask:
+        used as given. Outside the support s = 0; the noise constraint is
+        kept unless even lam = 0 cannot reach it (then lam = 0).
 
     Returns
     -------
@@ -146,6 +224,8 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         ``C, S, bl, c1, g, sn`` (plus ``lam`` and ``s_min`` attributes).
     """
     _check_params(p, s_min, bas_nonneg, optimize_g, noise_range, noise_method, lags, fudge_factor)
+    if isinstance(support, str) and support not in SUPPORT_MODES:
+        raise ParameterError(f"support: expected None, 'ar1', 'ar2' or a bool mask, got {support!r}")
     t, is_numpy = _as_2d_tensor(Y)
     squeeze = (np.ndim(Y) == 1) if is_numpy else (Y.ndim == 1)
     if not torch.isfinite(t).all():
@@ -183,13 +263,15 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         b_free = False
         b0 = _per_trace(bl, N, dev, "bl")
     mode, smin = _threshold(s_min, sn_t, G, N, dev)
-    C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter)
+    M = _support(support, t32, G, sn_t, b0, b_free, bmin, max_iter)
+    C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter, M)
     if optimize_g and p:
         from .refine import N_ROUNDS, refine_g
         for _ in range(N_ROUNDS):
             G = refine_g(t32, S, info[:, 0], G, p, None if optimize_g is True else int(optimize_g))
             mode, smin = _threshold(s_min, sn_t, G, N, dev)
-            C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter)
+            M = _support(support, t32, G, sn_t, b0, b_free, bmin, max_iter)
+            C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter, M)
     S[:, 0] = 0
     res = DeconvResult(C=C, S=S, bl=info[:, 0].to(torch.float32), c1=info[:, 2].to(torch.float32),
                        g=G[:, :p].to(torch.float32), sn=sn_t.to(torch.float32),

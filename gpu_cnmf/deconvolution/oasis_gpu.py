@@ -18,8 +18,8 @@ from ..errors import DeviceError
 THREADS_PER_BLOCK = 64
 KERNEL_NAMES = ("oasis_batch_f32", "oasis_batch_f64")
 # Bytes of scratch per trace and frame: 2 int32 + 7 float64 arrays, plus the
-# transposed input and the two float32 outputs.
-_BYTES_PER_SAMPLE = 2 * 4 + 7 * 8 + 4 + 2 * 4
+# transposed input, the two float32 outputs and the transposed support mask.
+_BYTES_PER_SAMPLE = 2 * 4 + 7 * 8 + 4 + 2 * 4 + 1
 
 
 def kernel_source() -> str:
@@ -51,8 +51,9 @@ def compile_check(arch: str = "compute_90") -> bytes:
         nvrtc.destroyProgram(prog)
 
 
-def oasis_batch_cuda(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter):
-    """CUDA counterpart of ``oasis_cpu.oasis_batch``; tensors on Y's device."""
+def oasis_batch_cuda(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter, support=None):
+    """CUDA counterpart of ``oasis_cpu.oasis_batch``; tensors on Y's device.
+    ``support`` (N, T) bool or None: spikes only where it is set."""
     if not cupy_available():
         raise DeviceError("deconvolution on a CUDA tensor needs CuPy: install gpu_cnmf[cuda12] "
                           "(or the extra for your CUDA major version)")
@@ -65,6 +66,8 @@ def oasis_batch_cuda(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_i
     C = torch.empty((N, T), dtype=torch.float32, device=dev)
     S = torch.empty((N, T), dtype=torch.float32, device=dev)
     info = torch.empty((N, 5), dtype=torch.float64, device=dev)
+    use_mask = support is not None
+    dummy = torch.ones((1, 1), dtype=torch.uint8, device=dev)
     per_trace = _BYTES_PER_SAMPLE * (T + 1)
     group = max(THREADS_PER_BLOCK, int(memory_budget(dev) // per_trace))
     group = min(N, group)
@@ -78,13 +81,17 @@ def oasis_batch_cuda(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_i
                 ct = torch.empty((T, n), dtype=torch.float32, device=dev)
                 st = torch.empty((T, n), dtype=torch.float32, device=dev)
                 inf = torch.empty((n, 5), dtype=torch.float64, device=dev)
+                # same (T, n) layout as the traces
+                mt = (support[i0:i1].to(device=dev, dtype=torch.uint8).t().contiguous()
+                      if use_mask else dummy)
                 iscr = torch.empty((2, T + 1, n), dtype=torch.int32, device=dev)
                 dscr = torch.empty((7, T + 1, n), dtype=torch.float64, device=dev)
                 args = [to_cupy(a) for a in (yt,)]
                 args += [cp.int32(n), cp.int32(T)]
                 args += [to_cupy(a[i0:i1].contiguous()) for a in (G, sn, b0)]
                 args += [cp.int32(bool(b_free)), to_cupy(bmin[i0:i1].contiguous()), cp.int32(mode),
-                         to_cupy(smin[i0:i1].contiguous()), cp.int32(max_iter)]
+                         to_cupy(smin[i0:i1].contiguous()), cp.int32(max_iter),
+                         to_cupy(mt), cp.int32(use_mask)]
                 args += [to_cupy(ct), to_cupy(st), to_cupy(inf), to_cupy(iscr), to_cupy(dscr)]
                 blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
                 fn((blocks,), (THREADS_PER_BLOCK,), tuple(args))
