@@ -38,7 +38,7 @@ def _np(x) -> np.ndarray:
 def _footprints(A, dims, name: str) -> sp.csc_matrix:
     """(pixels, K) csc from dense/sparse (pixels, K) or a (K, d1, d2) stack."""
     if sp.issparse(A):
-        A = sp.csc_matrix(A, dtype=np.float64)
+        A = sp.csc_matrix(A, dtype=np.float64, copy=True)   # never the caller's arrays
     else:
         A = _np(A).astype(np.float64)
         if A.ndim == 3:                      # (K, d1, d2) image stack

@@ -161,3 +161,22 @@ def test_bad_inputs(truth):
         binary_masks(truth.A, method="median")
     with pytest.raises(ParameterError):
         trace_correlation(truth.C, truth.C[:, :10])
+
+
+def test_roi_f1_leaves_its_inputs_alone():
+    """Scoring must not touch the caller's footprints: a float32 csc (as
+    CNMF returns) converted to float64 shares its index arrays, and sorting
+    them in place once scrambled the caller's matrix."""
+    import scipy.sparse as sp
+    from gpu_cnmf.metrics import roi_f1
+
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((400, 6)) < 0.2, rng.random((400, 6)), 0).astype(np.float32)
+    A = sp.csc_matrix(dense)
+    for k in range(A.shape[1]):          # unsorted row indices, as hstack/slicing can leave
+        lo, hi = A.indptr[k], A.indptr[k + 1]
+        A.indices[lo:hi], A.data[lo:hi] = A.indices[lo:hi][::-1].copy(), A.data[lo:hi][::-1].copy()
+    A.has_sorted_indices = False
+    before = A.toarray().copy()
+    roi_f1(A, A, (20, 20))
+    np.testing.assert_array_equal(A.toarray(), before)

@@ -362,7 +362,7 @@ def detrend_df_f(A, b, C, f, YrA=None, quantileMin: float = 8, frames_window: in
     ndarray (K, T) float64
     """
     device = get_device(use_cuda)
-    A = sp.csc_matrix(A, dtype=np.float64)
+    A = sp.csc_matrix(A, dtype=np.float64, copy=True)   # scipy sorts indices in place
     K = A.shape[1]
     C = np.asarray(C, dtype=np.float64).reshape(K, -1)
     T = C.shape[1]

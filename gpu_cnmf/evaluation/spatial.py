@@ -38,7 +38,7 @@ def flatten_frames(x: torch.Tensor) -> torch.Tensor:
 def _check_A(A, dims, what="A") -> sp.csc_matrix:
     if not sp.issparse(A):
         A = sp.csc_matrix(np.asarray(A))
-    A = sp.csc_matrix(A, dtype=np.float32)
+    A = sp.csc_matrix(A, dtype=np.float32, copy=True)   # scipy sorts indices in place
     if A.shape[0] != int(np.prod(dims)):
         raise ParameterError(f"{what}: has {A.shape[0]} rows but dims {tuple(dims)} "
                              f"make {int(np.prod(dims))} pixels")
