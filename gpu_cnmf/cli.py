@@ -34,6 +34,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--1p", dest="one_photon", action="store_true",
                       help="a one-photon movie (bright fluctuating background), analysed "
                            "with CNMF-E")
+    demo.add_argument("--ring-cnn", dest="ring_cnn", action="store_true",
+                      help="with --1p: remove the background with a Ring-CNN learned on the "
+                           "movie, then CNMF as for two-photon data")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic movie")
     demo.add_argument("--out", default=None,
                       help="folder for the memory-mapped movies (default: a temporary folder)")
@@ -53,6 +56,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="run every stage on the GPU (same as use_cuda=True)")
     run.add_argument("--keep-memmap", action="store_true",
                      help="keep the memory-mapped movies next to the results file")
+    run.add_argument("--ring-cnn", dest="ring_cnn", action="store_true",
+                     help="one-photon movies: subtract a Ring-CNN background (ring_CNN "
+                          "parameters) after motion correction, before CNMF")
     run.add_argument("--quiet", action="store_true", help="no per-stage progress on stderr")
 
     report = sub.add_parser("report", help="draw contours and traces of a results file (PNG)")
@@ -78,7 +84,7 @@ def _run(args) -> int:
         first = Path(args.movies[0])
         out = str(first.with_name(first.stem + "_results.hdf5"))
     result = run_pipeline(args.movies, params, out, progress=not args.quiet,
-                          keep_memmap=args.keep_memmap)
+                          keep_memmap=args.keep_memmap, ring_cnn=args.ring_cnn)
     print(result.summary(), flush=True)
     return 0
 
@@ -98,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(use_cuda=args.use_cuda, small=args.small, seed=args.seed,
-                            out_dir=args.out, one_photon=args.one_photon)
+                            out_dir=args.out, one_photon=args.one_photon,
+                            ring_cnn=args.ring_cnn)
         if args.command == "run":
             return _run(args)
         if args.command == "report":

@@ -41,8 +41,10 @@ def demo_movie(small: bool, seed: int, one_photon: bool = False):
     return standard_2p(seed=seed)
 
 
-def demo_params(truth, use_cuda: bool):
-    """CaImAn-style parameters a user would pick for this movie."""
+def demo_params(truth, use_cuda: bool, ring_cnn: bool = False):
+    """CaImAn-style parameters a user would pick for this movie (with
+    ``ring_cnn``, for the 1p movie once the Ring-CNN has removed its
+    background: CNMF as for two-photon data)."""
     from .params import CNMFParams
 
     gsig = int(round(float(np.median(truth.sigmas))))
@@ -50,6 +52,11 @@ def demo_params(truth, use_cuda: bool):
     common = {"fr": truth.fr, "decay_time": truth.decay_time, "use_cuda": use_cuda,
               "max_shifts": (8, 8), "p": 1, "gSig": [gsig, gsig], "merge_thr": 0.85,
               "min_SNR": 2.5, "rval_thr": 0.8}
+    if truth.kind == "1p" and ring_cnn:
+        return CNMFParams(params_dict={
+            **common, "gSig_filt": (3, 3), "nb": 1, "rf": 24, "stride": 12, "K": 8,
+            "only_init": True, "use_cnn": False, "lr": 1e-2, "max_epochs": 40,
+            "use_add": True})
     if truth.kind == "1p":
         # CaImAn's 1p settings: high-pass filtered registration, CNMF-E with
         # the ring background and no low-rank background components.
@@ -82,7 +89,7 @@ def score(truth, est, shifts) -> dict:
 
 
 def run_demo(use_cuda: bool = False, small: bool = False, seed: int = 0,
-             out_dir: str | None = None, one_photon: bool = False) -> int:
+             out_dir: str | None = None, one_photon: bool = False, ring_cnn: bool = False) -> int:
     """Run the demo and print each stage's accuracy. Returns 0."""
     import tifffile
 
@@ -90,6 +97,10 @@ def run_demo(use_cuda: bool = False, small: bool = False, seed: int = 0,
     from .io import load_results
     from .pipeline import run_pipeline
 
+    if ring_cnn and not one_photon:
+        from .errors import ParameterError
+        raise ParameterError("--ring-cnn: the Ring-CNN background is for one-photon movies; "
+                             "add --1p")
     device = backend.get_device(use_cuda)   # fails early and clearly without a GPU
     print(f"gpu-cnmf demo on {backend.describe(device)}", flush=True)
     t0 = time.perf_counter()
@@ -105,8 +116,8 @@ def run_demo(use_cuda: bool = False, small: bool = False, seed: int = 0,
         tif = work / "demo_movie.tif"
         tifffile.imwrite(tif, movie)
         del movie
-        result = run_pipeline([str(tif)], demo_params(truth, use_cuda),
-                              str(work / "demo_results.hdf5"))
+        result = run_pipeline([str(tif)], demo_params(truth, use_cuda, ring_cnn),
+                              str(work / "demo_results.hdf5"), ring_cnn=ring_cnn)
         print(result.summary(), flush=True)
         saved = load_results(result.out_path)
         s = score(truth, saved["estimates"], saved["motion"]["shifts_rig"])

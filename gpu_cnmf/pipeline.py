@@ -39,6 +39,7 @@ __all__ = ["run_pipeline", "PipelineResult", "load_params_file", "check_inputs"]
 
 _STAGES = ("validate", "motion correction", "memmap", "CNMF fit", "refit",
            "evaluation", "save")
+RING_STAGE = "Ring-CNN background"
 
 
 @dataclass
@@ -220,10 +221,10 @@ def check_inputs(fnames, params: CNMFParams, out_path=None):
 class _Stages:
     """Times the stages and prints one line per stage on stderr."""
 
-    def __init__(self, progress: bool):
+    def __init__(self, progress: bool, ring_cnn: bool = False):
         self.progress = progress
         self.timings: dict[str, float] = {}
-        self._n = len(_STAGES)
+        self._n = len(_STAGES) + int(ring_cnn)
 
     def run(self, name, fn, *args, quiet_start=False, **kwargs):
         i = len(self.timings) + 1
@@ -257,7 +258,7 @@ def _motion_dict(mc) -> dict:
 
 def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                  keep_memmap: bool = False, work_dir=None, n_processes: int | None = None,
-                 ) -> PipelineResult:
+                 ring_cnn: bool = False) -> PipelineResult:
     """Motion correction, CNMF (patches, then refit), evaluation, results file.
 
     Parameters
@@ -280,6 +281,13 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         Where the temporary folder is made (default: the system's).
     n_processes : int, optional
         CPU processes for the patches (default ``patch.n_processes``).
+    ring_cnn : bool
+        One-photon movies: after motion correction, learn the Ring-CNN
+        background (the ``ring_CNN`` parameters, ``init.gSig``; a saved model
+        with ``reuse_model``) and subtract it chunk by chunk into a new
+        memory map; CNMF, evaluation and the summary images then work on
+        that cleaned movie, so every stage streams (use CNMF parameters for
+        background-free data, e.g. ``nb=1`` and greedy initialisation).
 
     Returns
     -------
@@ -303,7 +311,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     from .motion import MotionCorrect
     from .summary import summary_images
 
-    stages = _Stages(progress)
+    stages = _Stages(progress, ring_cnn)
     # silent until it passes, so that a user error is the only line printed
     paths, params, (T, dims) = stages.run("validate", check_inputs, fnames, params, out_path,
                                           quiet_start=True)
@@ -350,6 +358,21 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
 
         Yr, mm_dims, T = load_memmap(fname_c)
         images = np.reshape(Yr.T, [T] + list(mm_dims), order="F")
+        if ring_cnn:
+            def ring():
+                from .ringcnn import fit_ring_cnn, subtract_background
+                model, _ = fit_ring_cnn(images, run_params.init["gSig"],
+                                        run_params.get_group("ring_CNN"),
+                                        use_cuda=params.use_cuda)
+                return subtract_background(images, model, str(base_dir / f"{stem}_ringcnn"))
+            fname_r = stages.run(RING_STAGE, ring)
+            if keep_memmap:
+                kept.append(str(fname_r))
+            else:
+                del images, Yr
+                Path(fname_c).unlink(missing_ok=True)
+            Yr, mm_dims, T = load_memmap(fname_r)
+            images = np.reshape(Yr.T, [T] + list(mm_dims), order="F")
         cnm = stages.run("CNMF fit", lambda: CNMF(n_proc, params=run_params).fit(images))
         cnm = stages.run("refit", lambda: cnm.refit(images))
         est = cnm.estimates
@@ -366,7 +389,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         extra = {"summary_images": summary,
                  "run": {"fnames": list(paths), "n_frames": int(T),
                          "device": backend.describe(device),
-                         "memmap_files": list(kept)}}
+                         "memmap_files": list(kept), "ring_cnn": bool(ring_cnn)}}
         stages.run("save", save_results, out_path, run_params, est.to_dict(),
                    motion=_motion_dict(mc), extra=extra)
     finally:
