@@ -53,6 +53,14 @@ def test_cpu_twin(benchmark, p):
                        rounds=1, iterations=1)
 
 
+def test_cpu_twin_greedy(benchmark):
+    """AR(2) without the exact active-set solve (exact=False): the greedy pool merge alone."""
+    y = traces(N_CPU, 2)
+    _extra(benchmark, N_CPU)
+    benchmark.pedantic(deconvolve_batch, args=(y,), kwargs=dict(p=2, g=G[2], sn=SN, exact=False),
+                       rounds=1, iterations=1)
+
+
 def test_cpu_twin_two_stage(benchmark):
     """AR(2) with support='ar1': an AR(1) pass finds the events first."""
     y = traces(N_CPU, 2)

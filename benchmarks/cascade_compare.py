@@ -96,12 +96,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--p", type=int, default=1)
     ap.add_argument("--optimize-g", type=int, default=1)
-    ap.add_argument("--s-min", type=float, default=None)
+    ap.add_argument("--s-min", type=lambda v: None if v.lower() == "none" else float(v), default=None,
+                    help="None (L1, the default), 0 (automatic threshold) or a threshold")
     ap.add_argument("--noise-method", default="mean")
     ap.add_argument("--fudge-factor", type=float, default=0.96)
     ap.add_argument("--lags", type=int, default=5)
     ap.add_argument("--support", default=None, choices=["ar1", "ar2"],
                     help="two-stage AR(2): spikes only near the events of a first pass")
+    ap.add_argument("--exact", type=int, default=1,
+                    help="AR(2): 1 exact L1 solve (default), 0 the greedy pool merge alone")
     ap.add_argument("--ref-optimize-g", type=int, default=0)
     ap.add_argument("--table", default=None)
     a = ap.parse_args()
@@ -110,6 +113,8 @@ def main():
         ours_kw["s_min"] = a.s_min
     if a.support is not None:
         ours_kw["support"] = a.support
+    if not a.exact:
+        ours_kw["exact"] = False
     ref_kw = dict(optimize_g=a.ref_optimize_g)
     rows = run(a.p, ours_kw, ref_kw)
     text = table(rows, a.p, ours_kw, ref_kw)

@@ -96,13 +96,12 @@ def test_ar_bad_params():
 
 @pytest.mark.parametrize("g", [AR1, AR2])
 def test_accuracy_low_noise(g):
+    # CaImAn's test setting (known g and sn) and levels: frame-exact spike
+    # correlation >= 0.95, calcium >= 0.99 at noise 0.2
     y, c, s = simulate(8, 3000, g, 0.2, seed=4)
     res = deconvolve_batch(y, p=len(g), g=g, sn=0.2)
     assert corr_rows(res.C, c).mean() >= 0.99
-    # L1 spikes at noise 0.2: AR(1) reaches 0.95 on the frame grid; for AR(2)
-    # (rise time) the L1 solution spreads spikes, the thresholded variant
-    # with s_min = half the unit amplitude is needed.
-    assert corr_rows(res.S, s).mean() >= (0.95 if len(g) == 1 else 0.92)
+    assert corr_rows(res.S, s).mean() >= 0.95
     thr = deconvolve_batch(y, p=len(g), g=g, sn=0.2, s_min=0.5)
     assert corr_rows(thr.C, c).mean() >= 0.99
     assert corr_rows(thr.S, s).mean() >= 0.95
@@ -110,21 +109,24 @@ def test_accuracy_low_noise(g):
     np.testing.assert_allclose(res.bl, 10.0, atol=0.08)
 
 
-def _box3(x):
-    return x + np.roll(x, 1, axis=1) + np.roll(x, -1, axis=1)
-
-
 @pytest.mark.parametrize("g", [AR1, AR2])
 def test_accuracy_high_noise(g):
     y, c, s = simulate(8, 3000, g, 0.5, seed=5)
     res = deconvolve_batch(y, p=len(g), g=g, sn=0.5)
-    assert corr_rows(res.C, c).mean() >= 0.90
-    # At noise 0.5 the frame-exact correlation is ~0.67 for AR(2); CaImAn's
-    # level (0.70) needs the exact L1 solution (cvxpy and oasis-deconv reach
-    # ~0.79 here): the greedy AR(2) pool merge smears spikes by 1-2 frames.
-    # Within +-1 frame it is >= 0.7.
-    assert corr_rows(res.S, s).mean() >= 0.6
-    assert corr_rows(_box3(res.S), _box3(s)).mean() >= 0.70
+    # AR(2) (slow rise, CaImAn's setting): CaImAn's levels, spikes >= 0.70
+    # frame-exact, calcium >= 0.90 (measured 0.76 and 0.997). AR(1) with a
+    # decay of 0.95 has no rise to pin the onset; its L1 optimum (OASIS is
+    # exact for AR(1), as cvxpy and oasis-deconv) gives 0.68 and 0.954.
+    if len(g) == 2:
+        assert corr_rows(res.C, c).mean() >= 0.99
+        assert corr_rows(res.S, s).mean() >= 0.70
+    else:
+        assert corr_rows(res.C, c).mean() >= 0.95
+        assert corr_rows(res.S, s).mean() >= 0.65
+    # the greedy AR(2) pass alone is measurably worse (smeared spikes)
+    if len(g) == 2:
+        greedy = deconvolve_batch(y, p=2, g=g, sn=0.5, exact=False)
+        assert corr_rows(greedy.S, s).mean() < corr_rows(res.S, s).mean() - 0.03
 
 
 def test_estimated_parameters_still_accurate():
@@ -160,6 +162,43 @@ def test_noise_constraint_and_dynamics_hold(g):
         pred[:, 2:] -= g[1] * res.C[:, :-2]
     np.testing.assert_allclose(pred[:, 2:], res.S[:, 2:], atol=2e-4)
     np.testing.assert_allclose(res.c1, res.C[:, 0])
+
+
+def _kkt_gradient(y, res, g):
+    """w_t = sum_k h_k (y - b - c - lam a)_{t+k}: the negative gradient of
+    0.5 ||y - b - c||^2 + lam ||s||_1 with respect to s_t (a: the weight of
+    c_t in sum(s)). At the optimum w <= 0, and w = 0 where s > 0."""
+    N, T = y.shape
+    a = np.full(T, 1.0 - sum(g))
+    a[-1] = 1.0
+    if len(g) == 2:
+        a[-2] = 1.0 - g[0]
+    r = y - res.bl[:, None] - res.C.astype(float) - res.lam[:, None] * a
+    w = np.zeros((N, T + 2))
+    for t in range(T - 1, -1, -1):
+        w[:, t] = r[:, t] + g[0] * w[:, t + 1] + (g[1] * w[:, t + 2] if len(g) == 2 else 0.0)
+    return w[:, :T]
+
+
+@pytest.mark.parametrize("g", [AR1, AR2])
+def test_solution_is_the_l1_optimum(g):
+    """KKT conditions of the penalised problem at the returned (lam, b): no
+    frame could take a spike profitably, and every spike is at its optimum.
+    The greedy AR(2) pass violates them by ~lam."""
+    y, _, _ = simulate(4, 2000, g, 0.3, seed=20)
+    res = deconvolve_batch(y, p=len(g), g=g, sn=0.3)
+    w = _kkt_gradient(y, res, g)
+    lam = res.lam[:, None]
+    spikes = res.S > 1e-4 * res.S.max(axis=1, keepdims=True)
+    spikes[:, 0] = res.C[:, 0] > 0
+    assert (w <= 1e-3 * lam).all()
+    assert (np.abs(w[spikes]) <= 1e-3 * np.broadcast_to(lam, w.shape)[spikes]).all()
+    if len(g) == 2:
+        greedy = deconvolve_batch(y, p=2, g=g, sn=0.3, exact=False)
+        assert (_kkt_gradient(y, greedy, g).max(axis=1) > 0.5 * greedy.lam).all()
+        # same residual, less L1
+        l1 = res.S.sum(axis=1) + res.C[:, 0]
+        assert (l1 < greedy.S.sum(axis=1) + greedy.C[:, 0]).all()
 
 
 def test_baseline_nonneg_and_fixed():
@@ -323,16 +362,18 @@ def test_support_through_constrained_foopsi():
 # ---------------------------------------------------------------- cvxpy
 
 @pytest.mark.parametrize("g", [AR1, AR2])
-def test_cvxpy_agrees_with_oasis(g):
+@pytest.mark.parametrize("sn, T, rate, seed", [(0.2, 300, 1 / 30, 15), (0.5, 1000, 1 / 60, 16)])
+def test_cvxpy_agrees_with_oasis(g, sn, T, rate, seed):
+    """OASIS solves the convex problem exactly (AR(1): greedy pools; AR(2):
+    the active-set solve): calcium, spikes, baseline and lam match cvxpy."""
     pytest.importorskip("cvxpy")
-    y, _, _ = simulate(1, 300, g, 0.2, seed=15, rate=1 / 30)
-    a = constrained_foopsi(y[0], g=g, sn=0.2, p=len(g))
-    b = constrained_foopsi(y[0], g=g, sn=0.2, p=len(g), method_deconvolution="cvxpy")
-    assert np.corrcoef(a[0], b[0])[0, 1] > 0.999
-    assert abs(a[1] - b[1]) < 0.05   # AR(2) OASIS is greedy, close to but not exactly optimal
-    if len(g) == 1:  # AR(1) OASIS is exact
-        np.testing.assert_allclose(a[0], b[0], atol=2e-3)
-        assert abs(a[6] - b[6]) < 0.01 * a[6]
+    y, _, _ = simulate(1, T, g, sn, seed=seed, rate=rate)
+    a = constrained_foopsi(y[0], g=g, sn=sn, p=len(g))
+    b = constrained_foopsi(y[0], g=g, sn=sn, p=len(g), method_deconvolution="cvxpy")
+    np.testing.assert_allclose(a[0], b[0], atol=1e-3)     # c (peak ~ 2-5)
+    np.testing.assert_allclose(a[5], b[5], atol=1e-3)     # s
+    assert abs(a[1] - b[1]) < 1e-3                        # baseline
+    assert abs(a[6] - b[6]) < 1e-3 * a[6]                 # lam
 
 
 @pytest.mark.parametrize("g", [AR1, AR2])
@@ -353,10 +394,10 @@ def test_cvxpy_agrees_with_oasis_on_a_support(g):
     off = off[off > 0]
     cons = [s >= 0, b >= 0, s[off] == 0, cvxpy.SOC(0.2 * np.sqrt(T), y[0] - c - b)]
     cvxpy.Problem(cvxpy.Minimize(cvxpy.sum(s)), cons).solve(solver="CLARABEL")
-    assert np.corrcoef(res.C[0], c.value)[0, 1] > 0.999
-    assert abs(res.bl[0] - b.value) < 0.05
-    if len(g) == 1:  # AR(1) OASIS is exact on any support too
-        np.testing.assert_allclose(res.C[0], c.value, atol=2e-3)
+    # exact on any support too (AR(2): the active set only adds allowed frames)
+    np.testing.assert_allclose(res.C[0], c.value, atol=2e-3)
+    np.testing.assert_allclose(res.S[0, 1:], (G @ c.value)[1:], atol=2e-3)
+    assert abs(res.bl[0] - b.value) < 2e-3
 
 
 def test_cvxpy_missing_gives_clear_error(monkeypatch):
@@ -426,7 +467,9 @@ def test_kernel_compiles_with_nvrtc():
                                 dict(p=1, bas_nonneg=False), dict(p=2, optimize_g=True),
                                 dict(p=2, support="ar1"), dict(p=2, support="ar2", s_min=0),
                                 dict(p=2, support="ar1", optimize_g=True, s_min=-1.0),
-                                dict(p=1, support=_random_support(2000, 5))])
+                                dict(p=1, support=_random_support(2000, 5)),
+                                dict(p=2, exact=False), dict(p=2, bas_nonneg=False),
+                                dict(p=2, support=_random_support(2000, 6))])
 def test_gpu_kernel_matches_cpu_twin(kw):
     y, _, _ = simulate(300, 2000, AR2 if kw["p"] == 2 else AR1, 0.3, seed=16)
     cpu = deconvolve_batch(torch.from_numpy(y).float(), **kw)

@@ -27,8 +27,29 @@ bisection as the largest threshold that keeps the residual within sn^2 T.
 
 For AR(1) this greedy pass is exact. For AR(2) it is not: a pool's value
 is fitted to its own frames, though it also sets the state entering the next
-pools; the calcium agrees with the exact optimum (r > 0.999), the spikes less
-so (2-3 % more L1 at the same residual, events smeared over 1-2 frames).
+pools (2-3 % more L1 at the same residual, events smeared over 1-2 frames).
+So for AR(2) the greedy result is only the warm start of an exact solve
+(``exact``, on by default):
+
+* Least squares on fixed pools is a chain: pool j's cost is quadratic in
+  (v_j, u_j) and u_{j+1} = v_j h_{l-1} + g2 u_j h_{l-2}, so one backward
+  pass with a scalar quadratic cost-to-go alpha_j u^2 + 2 beta_j u and one
+  forward pass give the exact pool values in O(#pools) (plus the pool sums).
+* The non-negativity of the spikes is handled by a primal active set
+  (Lawson & Hanson 1974) on the pool starts: a negative spike in the
+  least-squares solution merges its pool into the previous one (after a
+  step back along the segment to a feasible point); a positive gradient
+  w_t = sum_k h_k r_{t+k} of the residual inside a pool (a failed KKT
+  condition) splits the pool there. The first steps drop all negative
+  spikes at once, which saves most of the steps from the greedy start.
+* c stays affine in (lam, b) on fixed pools (the same chain with the
+  right-hand sides a and 1), so the (lam, b) update keeps its form, with
+  exact derivatives; each update restarts the active set from the last
+  solution (a spike vector >= 0 is feasible for any lam, b).
+
+The result satisfies the KKT conditions to ~1e-6 lam and matches a convex
+solver (cvxpy). The thresholded modes (s_min != None) take b from it; their
+spikes come from the greedy thresholded pass (a non-convex problem).
 
 Support mask (optional, per frame): spikes are allowed only where it is
 set. A pool can start only at an allowed frame (frame 0 always starts one),
@@ -50,6 +71,9 @@ MODE_AUTO = 2      # s_min = 0: largest threshold with RSS <= sn^2 T
 H_FLOOR = 1e-12    # impulse-response entries below this (relative) are treated as 0
 RSS_TOL = 1e-4     # relative tolerance on the residual target
 N_BISECT = 24      # bisection steps of the automatic threshold
+KKT_TOL = 1e-9     # gradient tolerance of the exact AR(2) solve (relative)
+AS_STEPS_PER_FRAME = 2  # cap on active-set steps (per frame; never reached in practice)
+BULK_STEPS = 20    # active-set steps that drop all negative spikes at once
 
 
 @njit(cache=True, inline="always")
@@ -239,9 +263,339 @@ def _quad_root(A, B, C):
     return (-B + np.sqrt(disc)) / A
 
 
+@njit(cache=True, inline="always")
+def _lag_penalty_sum(t, l, T, g1, g2, h, H1):
+    """sum_k h_{k-1} a_{t+k} over the pool (k >= 1), the lagged twin of _penalty_sum."""
+    if l < 2:
+        return 0.0
+    v = (1.0 - g1 - g2) * H1[l - 1]
+    if t + 1 <= T - 2 and T - 2 < t + l:
+        v += g2 * h[T - 3 - t]
+    if T - 1 < t + l:
+        v += (g1 + g2) * h[T - 2 - t]
+    return v
+
+
+@njit(cache=True, inline="always")
+def _spike(j, g1, g2, h, pl, pv, pu):
+    """Spike at the start of pool j from the pool values (s_0 = v_0)."""
+    if j == 0:
+        return pv[0]
+    lp = pl[j - 1]
+    uu = _cval(pv[j - 1], pu[j - 1], lp - 2, g2, h) if lp >= 2 else pu[j - 1]
+    return pv[j] - g1 * pu[j] - g2 * uu
+
+
 @njit(cache=True)
-def _solve_trace(y, T, g1, g2, sn, b, b_free, bmin, mode, smin, maxiter, mask, use_mask,
-                 h, H1, H2, P, pt, pl, pS, pv, pu, acc, c_out, s_out, info):
+def _chain_backward(n, y, T, g1, g2, lam, b, h, H1, H2, P, hlen, pt, pl, cA, cB, cD, cDa, cDb):
+    """Backward pass of the exact least squares on fixed pools.
+
+    With pool values v_j and u_j the calcium before pool j, pool j costs
+    sum_k (y'_{t+k} - v_j h_k - g2 u_j h_{k-1})^2 (y' = y - b - lam a) and
+    hands u_{j+1} = v_j h_{l-1} + g2 u_j h_{l-2} to the next pool. The cost
+    of pools j.. given u_j is a quadratic alpha u^2 + 2 beta u + const;
+    minimising over v_j gives v_j = -(cB_j u_j + cD_j) / cA_j. cDa, cDb hold
+    cD for the right-hand sides a and 1 instead of y' (for d/dlam, d/db).
+    """
+    alpha = 0.0
+    beta = 0.0
+    beta_a = 0.0
+    beta_b = 0.0
+    for j in range(n - 1, -1, -1):
+        t = pt[j]
+        l = pl[j]
+        e = h[l - 1]
+        e2 = h[l - 2] if l >= 2 else 0.0
+        sy = 0.0
+        smy = 0.0
+        kmax = min(l, hlen + 1)
+        for k in range(kmax):
+            yk = y[t + k]
+            if k < hlen:
+                sy += h[k] * yk
+            if k >= 1:
+                smy += h[k - 1] * yk
+        pa = _penalty_sum(t, l, T, g1, g2, h, H1)
+        pma = _lag_penalty_sum(t, l, T, g1, g2, h, H1)
+        hm = H1[l - 1] if l >= 1 else 0.0
+        A = H2[l] + alpha * e * e
+        B = g2 * (P[l] + alpha * e * e2)
+        Cq = g2 * g2 * (H2[l - 1] + alpha * e2 * e2)
+        D = -(sy - b * H1[l] - lam * pa) + beta * e
+        E = -g2 * (smy - b * hm - lam * pma) + beta * g2 * e2
+        Da = -pa + beta_a * e
+        Ea = -g2 * pma + beta_a * g2 * e2
+        Db = -H1[l] + beta_b * e
+        Eb = -g2 * hm + beta_b * g2 * e2
+        cA[j] = A
+        cB[j] = B
+        cD[j] = D
+        cDa[j] = Da
+        cDb[j] = Db
+        alpha = Cq - B * B / A
+        beta = E - B * D / A
+        beta_a = Ea - B * Da / A
+        beta_b = Eb - B * Db / A
+
+
+@njit(cache=True)
+def _chain_forward(n, g2, h, pl, zero0, cA, cB, cD, pv, pu):
+    """Forward pass: pool values v_j and preceding calcium u_j (u_0 = 0;
+    v_0 = 0 when the first pool is pinned at zero calcium)."""
+    u = 0.0
+    for j in range(n):
+        v = -(cB[j] * u + cD[j]) / cA[j]
+        if j == 0 and zero0:
+            v = 0.0
+        pv[j] = v
+        pu[j] = u
+        l = pl[j]
+        un = v * h[l - 1]
+        if l >= 2:
+            un += g2 * u * h[l - 2]
+        u = un
+
+
+@njit(cache=True)
+def _active_set(n, zero0, y, T, g1, g2, lam, b, tol, max_steps, bulk, mask, use_mask, h, H1, H2,
+                P, hlen, pt, pl, pv, pu, xs, w, cA, cB, cD, cDa, cDb, sk):
+    """Exact non-negative least squares for y - b - lam a on the spike
+    support (Lawson-Hanson primal active set, warm-started).
+
+    The support is the pool starts; xs holds the current feasible spikes
+    (one per pool, xs[0] = c_0). Each step solves the least squares on the
+    pools exactly (chain passes). If a spike of that solution is negative,
+    move from xs towards it until the first spike reaches 0 and merge that
+    pool into its predecessor; otherwise take it, and where the gradient
+    w_t = sum_k h_k r_{t+k} of the residual r is positive inside a pool (the
+    KKT condition fails, a spike there would lower the cost) split the pool
+    at its largest w. Returns the number of pools, the first-pool pin and
+    the steps taken; pv, pu hold the solution.
+
+    One spike leaves the support per step: far from the optimum (e.g. the
+    first call, from the greedy pools) that takes hundreds of O(T) steps. So
+    the first ``bulk`` infeasible steps drop all negative spikes at once
+    (x = max(z, 0) is feasible too); Lawson-Hanson steps then finish, which
+    keeps the result exact whatever the bulk steps did.
+    """
+    steps = 0
+    while steps < max_steps:
+        steps += 1
+        _chain_backward(n, y, T, g1, g2, lam, b, h, H1, H2, P, hlen, pt, pl, cA, cB, cD, cDa, cDb)
+        _chain_forward(n, g2, h, pl, zero0, cA, cB, cD, pv, pu)
+        alpha = 1.0
+        jmin = -1
+        for j in range(n):
+            z = _spike(j, g1, g2, h, pl, pv, pu)
+            w[j] = z
+            if z < 0.0 and not (j == 0 and zero0):
+                a = xs[j] / (xs[j] - z)
+                if jmin < 0 or a < alpha:
+                    alpha = a
+                    jmin = j
+        if jmin >= 0:
+            if bulk > 0:
+                # drop every negative spike at once and keep the rest of the
+                # solution (clipped at 0: still a feasible point)
+                bulk -= 1
+                alpha = 1.0
+            m = 0
+            for j in range(n):
+                z = w[j]
+                x = xs[j] + alpha * (z - xs[j])
+                drop = j == jmin or (z < 0.0 and x <= 0.0)
+                if j == 0:
+                    if drop and not zero0:
+                        zero0 = True
+                    xs[0] = 0.0 if zero0 else x
+                    m = 1
+                    continue
+                if drop:
+                    pl[m - 1] += pl[j]
+                    continue
+                pt[m] = pt[j]
+                pl[m] = pl[j]
+                xs[m] = max(x, 0.0)
+                m += 1
+            n = m
+            continue
+        # feasible: take the solution, then check the KKT conditions
+        for j in range(n):
+            xs[j] = w[j]
+        if zero0:
+            xs[0] = 0.0
+        for j in range(n):
+            t = pt[j]
+            for k in range(pl[j]):
+                w[t + k] = y[t + k] - b - _cval(pv[j], pu[j], k, g2, h)
+        w[T - 1] -= lam
+        if T >= 2:
+            w[T - 2] -= lam * (1.0 - g1)
+        base = lam * (1.0 - g1 - g2)
+        for t in range(T - 3, -1, -1):
+            w[t] -= base
+        # w_t = r_t + g1 w_{t+1} + g2 w_{t+2} (backward AR filter)
+        if T >= 2:
+            w[T - 2] += g1 * w[T - 1]
+        for t in range(T - 3, -1, -1):
+            w[t] += g1 * w[t + 1] + g2 * w[t + 2]
+        adds = 0
+        for j in range(n):
+            t = pt[j]
+            best = tol
+            sk[j] = 0
+            for k in range(1, pl[j]):
+                if w[t + k] > best and (not use_mask or mask[t + k] != 0):
+                    best = w[t + k]
+                    sk[j] = k
+            if sk[j] > 0:
+                adds += 1
+        unpin = zero0 and w[0] > tol
+        if adds == 0 and not unpin:
+            break
+        if unpin:
+            zero0 = False
+        i = n + adds - 1
+        for j in range(n - 1, -1, -1):
+            t = pt[j]
+            l = pl[j]
+            x = xs[j]
+            k = sk[j]
+            if k > 0:
+                pt[i] = t + k
+                pl[i] = l - k
+                xs[i] = 0.0
+                i -= 1
+                l = k
+            pt[i] = t
+            pl[i] = l
+            xs[i] = x
+            i -= 1
+        n += adds
+    return n, zero0, steps
+
+
+@njit(cache=True)
+def _linearize_exact(n, y, T, g1, g2, b, zero0, h, pt, pl, pv, pu, cA, cB, cDa, cDb, acc):
+    """_linearize for the exact solution on fixed pools: v is affine in
+    (lam, b) through the same chain, with right-hand sides a and 1."""
+    for i in range(9):
+        acc[i] = 0.0
+    DuA = 0.0
+    DuB = 0.0
+    for j in range(n):
+        t = pt[j]
+        l = pl[j]
+        # v = L(y) - b L(1) - lam L(a): -dv/dlam = L(a), dv/db = -L(1)
+        DvA = -(cB[j] * DuA + cDa[j]) / cA[j]
+        DvB = -(cB[j] * DuB + cDb[j]) / cA[j]
+        if j == 0 and zero0:
+            DvA = 0.0
+            DvB = 0.0
+        for k in range(l):
+            hk = h[k]
+            hk1 = h[k - 1] if k >= 1 else 0.0
+            c = pv[j] * hk + g2 * pu[j] * hk1
+            q1 = DvA * hk + g2 * DuA * hk1
+            dB = DvB * hk + g2 * DuB * hk1
+            r = y[t + k] - b - c
+            q2 = 1.0 - dB
+            acc[0] += r
+            acc[1] += r * r
+            acc[2] += r * q1
+            acc[3] += r * q2
+            acc[4] += q1 * q1
+            acc[5] += q1 * q2
+            acc[6] += q2 * q2
+            acc[7] += q1
+            acc[8] += q2
+        nA = DvA * h[l - 1]
+        nB = DvB * h[l - 1]
+        if l >= 2:
+            nA += g2 * DuA * h[l - 2]
+            nB += g2 * DuB * h[l - 2]
+        DuA = nA
+        DuB = nB
+
+
+@njit(cache=True)
+def _lam_b_step(acc, thresh, lam, b, use_b, bmin):
+    """(lam, b) step that puts the linearised residual on target: RSS =
+    thresh and (with use_b) zero mean; lam >= 0, b >= bmin."""
+    R = acc[0]
+    RR = acc[1]
+    Rq1 = acc[2]
+    Rq2 = acc[3]
+    Q11 = acc[4]
+    Q12 = acc[5]
+    Q22 = acc[6]
+    S1 = acc[7]
+    S2 = acc[8]
+    db = 0.0
+    dl = 0.0
+    if use_b:
+        m = R / S2
+        f = S1 / S2
+        A = Q11 - 2.0 * f * Q12 + f * f * Q22
+        B = Rq1 - f * Rq2 - m * Q12 + m * f * Q22
+        C = RR - 2.0 * m * Rq2 + m * m * Q22 - thresh
+        dl = _quad_root(A, B, C)
+        if lam + dl < 0.0:
+            dl = -lam
+        db = (R + dl * S1) / S2
+        if b + db < bmin:
+            db = bmin - b
+            use_b = False
+    if not use_b:
+        C = RR - 2.0 * db * Rq2 + db * db * Q22 - thresh
+        dl = _quad_root(Q11, Rq1 - db * Q12, C)
+        if lam + dl < 0.0:
+            dl = -lam
+    return dl, db
+
+
+@njit(cache=True)
+def _exact_l1(n, y, T, g1, g2, sn, lam, b, b_free, bmin, maxiter, mask, use_mask, h, H1, H2, P,
+              hlen, pt, pl, pv, pu, acc, xs, w, cA, cB, cD, cDa, cDb, sk):
+    """From the greedy pools (a feasible start), the exact noise-constrained
+    solution: the active set at the current (lam, b), then the same (lam, b)
+    update with the exact derivatives, until the residual is on target.
+    Returns (n, lam, b, updates)."""
+    thresh = sn * sn * T
+    tol = KKT_TOL * (sn * np.sqrt(H2[T]) + lam) + 1e-300
+    zero0 = pv[0] < 0.0
+    for j in range(n):
+        if j == 0:
+            xs[0] = 0.0 if zero0 else pv[0]
+        else:
+            lp = pl[j - 1]
+            ve = _veff(j - 1, pv)
+            uu = _cval(ve, pu[j - 1], lp - 2, g2, h) if lp >= 2 else pu[j - 1]
+            xs[j] = max(pv[j] - g1 * pu[j] - g2 * uu, 0.0)
+    max_steps = AS_STEPS_PER_FRAME * T + 100
+    it = 0
+    while True:
+        n, zero0, _ = _active_set(n, zero0, y, T, g1, g2, lam, b, tol, max_steps, BULK_STEPS,
+                                  mask, use_mask, h, H1, H2, P, hlen, pt, pl, pv, pu, xs, w, cA,
+                                  cB, cD, cDa, cDb, sk)
+        _linearize_exact(n, y, T, g1, g2, b, zero0, h, pt, pl, pv, pu, cA, cB, cDa, cDb, acc)
+        RR = acc[1]
+        use_b = b_free and acc[8] > 1e-3 * T
+        done_rss = abs(RR - thresh) <= RSS_TOL * thresh or (lam == 0.0 and RR > thresh)
+        done_b = (not use_b) or abs(acc[0]) <= RSS_TOL * np.sqrt(thresh * T) + 1e-12
+        if (done_rss and done_b) or it >= maxiter:
+            break
+        dl, db = _lam_b_step(acc, thresh, lam, b, use_b, bmin)
+        lam += dl
+        b += db
+        it += 1
+    return n, lam, b, it
+
+
+@njit(cache=True)
+def _solve_trace(y, T, g1, g2, sn, b, b_free, bmin, mode, smin, maxiter, mask, use_mask, exact,
+                 h, H1, H2, P, pt, pl, pS, pv, pu, acc, xs, w, cA, cB, cD, cDa, cDb, sk,
+                 c_out, s_out, info):
     """Deconvolve one trace; writes c_out, s_out and info = (b, lam, c1, iters, s_min)."""
     hlen = _kernel_fill(g1, g2, T, h, H1, H2, P)
     thresh = sn * sn * T
@@ -254,12 +608,6 @@ def _solve_trace(y, T, g1, g2, sn, b, b_free, bmin, mode, smin, maxiter, mask, u
         _linearize(n, y, T, g1, g2, b, h, H1, H2, P, pt, pl, pv, pu, acc)
         R = acc[0]
         RR = acc[1]
-        Rq1 = acc[2]
-        Rq2 = acc[3]
-        Q11 = acc[4]
-        Q12 = acc[5]
-        Q22 = acc[6]
-        S1 = acc[7]
         S2 = acc[8]
         # The baseline is left alone on the first step: with tiny pools
         # (lam = 0) c can absorb any offset and the b equation is singular.
@@ -279,29 +627,16 @@ def _solve_trace(y, T, g1, g2, sn, b, b_free, bmin, mode, smin, maxiter, mask, u
             n = _initial_pools(y, T, mask, use_mask, h, hlen, pt, pl, pS)
             n = _consolidate(n, y, T, g1, g2, lam, b, 0.0, h, H1, H2, P, hlen, pt, pl, pS, pv, pu)
             continue
-        db = 0.0
-        if use_b:
-            m = R / S2
-            f = S1 / S2
-            A = Q11 - 2.0 * f * Q12 + f * f * Q22
-            B = Rq1 - f * Rq2 - m * Q12 + m * f * Q22
-            C = RR - 2.0 * m * Rq2 + m * m * Q22 - thresh
-            dl = _quad_root(A, B, C)
-            if lam + dl < 0.0:
-                dl = -lam
-            db = (R + dl * S1) / S2
-            if b + db < bmin:
-                db = bmin - b
-                use_b = False
-        if not use_b:
-            C = RR - 2.0 * db * Rq2 + db * db * Q22 - thresh
-            dl = _quad_root(Q11, Rq1 - db * Q12, C)
-            if lam + dl < 0.0:
-                dl = -lam
+        dl, db = _lam_b_step(acc, thresh, lam, b, use_b, bmin)
         lam += dl
         b += db
         it += 1
         n = _consolidate(n, y, T, g1, g2, lam, b, 0.0, h, H1, H2, P, hlen, pt, pl, pS, pv, pu)
+    if exact and g2 != 0.0:
+        n, lam, b, it2 = _exact_l1(n, y, T, g1, g2, sn, lam, b, b_free, bmin, maxiter, mask,
+                                   use_mask, h, H1, H2, P, hlen, pt, pl, pv, pu, acc, xs, w, cA,
+                                   cB, cD, cDa, cDb, sk)
+        it += it2
     if mode == MODE_THRESH:
         lam = 0.0
         n = _initial_pools(y, T, mask, use_mask, h, hlen, pt, pl, pS)
@@ -344,7 +679,7 @@ def _solve_trace(y, T, g1, g2, sn, b, b_free, bmin, mode, smin, maxiter, mask, u
 
 
 @njit(parallel=True, cache=True)
-def oasis_batch(Y, g, sn, b0, b_free, bmin, mode, smin, maxiter, M, use_mask, C, S, info):
+def oasis_batch(Y, g, sn, b0, b_free, bmin, mode, smin, maxiter, M, use_mask, exact, C, S, info):
     """Deconvolve each row of Y (N, T) in parallel (one trace per thread).
 
     g (N, 2) holds (g1, g2) with g2 = 0 for AR(1); b0 the initial (or fixed)
@@ -366,12 +701,21 @@ def oasis_batch(Y, g, sn, b0, b_free, bmin, mode, smin, maxiter, M, use_mask, C,
         pv = np.empty(T)
         pu = np.empty(T)
         acc = np.empty(9)
+        xs = np.empty(T)
+        w = np.empty(T)
+        cA = np.empty(T)
+        cB = np.empty(T)
+        cD = np.empty(T)
+        cDa = np.empty(T)
+        cDb = np.empty(T)
+        sk = np.empty(T, np.int32)
         c = np.empty(T)
         s = np.empty(T)
         row = np.empty(5)
         m = M[i] if use_mask else M[0]
         _solve_trace(y, T, g[i, 0], g[i, 1], sn[i], b0[i], b_free, bmin[i], mode, smin[i],
-                     maxiter, m, use_mask, h, H1, H2, P, pt, pl, pS, pv, pu, acc, c, s, row)
+                     maxiter, m, use_mask, exact, h, H1, H2, P, pt, pl, pS, pv, pu, acc, xs, w,
+                     cA, cB, cD, cDa, cDb, sk, c, s, row)
         for t in range(T):
             C[i, t] = c[t]
             S[i, t] = s[t]

@@ -2,7 +2,7 @@
 
 One thread per trace; traces are made the fast axis (the input is
 transposed to (T, N)) so a warp reads one frame of 32 traces at once. Each
-thread needs 2 int and 7 double arrays of T + 1 elements of scratch in
+thread needs 3 int and 14 double arrays of T + 1 elements of scratch in
 global memory, so traces are launched in groups sized to the memory budget.
 """
 from __future__ import annotations
@@ -12,14 +12,16 @@ from importlib.resources import files
 
 import torch
 
-from ..backend import cupy_available, from_cupy, memory_budget, to_cupy
+from ..backend import cupy_available, memory_budget, to_cupy
 from ..errors import DeviceError
 
 THREADS_PER_BLOCK = 64
 KERNEL_NAMES = ("oasis_batch_f32", "oasis_batch_f64")
-# Bytes of scratch per trace and frame: 2 int32 + 7 float64 arrays, plus the
+# Bytes of scratch per trace and frame: 3 int32 + 14 float64 arrays, plus the
 # transposed input, the two float32 outputs and the transposed support mask.
-_BYTES_PER_SAMPLE = 2 * 4 + 7 * 8 + 4 + 2 * 4 + 1
+N_INT_SCRATCH = 3
+N_DOUBLE_SCRATCH = 14
+_BYTES_PER_SAMPLE = N_INT_SCRATCH * 4 + N_DOUBLE_SCRATCH * 8 + 4 + 2 * 4 + 1
 
 
 def kernel_source() -> str:
@@ -51,9 +53,11 @@ def compile_check(arch: str = "compute_90") -> bytes:
         nvrtc.destroyProgram(prog)
 
 
-def oasis_batch_cuda(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter, support=None):
+def oasis_batch_cuda(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_iter, support=None,
+                     exact=True):
     """CUDA counterpart of ``oasis_cpu.oasis_batch``; tensors on Y's device.
-    ``support`` (N, T) bool or None: spikes only where it is set."""
+    ``support`` (N, T) bool or None: spikes only where it is set; ``exact``:
+    the exact AR(2) solve (else the greedy pass alone)."""
     if not cupy_available():
         raise DeviceError("deconvolution on a CUDA tensor needs CuPy: install gpu_cnmf[cuda12] "
                           "(or the extra for your CUDA major version)")
@@ -84,14 +88,14 @@ def oasis_batch_cuda(Y: torch.Tensor, G, sn, b0, b_free, bmin, mode, smin, max_i
                 # same (T, n) layout as the traces
                 mt = (support[i0:i1].to(device=dev, dtype=torch.uint8).t().contiguous()
                       if use_mask else dummy)
-                iscr = torch.empty((2, T + 1, n), dtype=torch.int32, device=dev)
-                dscr = torch.empty((7, T + 1, n), dtype=torch.float64, device=dev)
+                iscr = torch.empty((N_INT_SCRATCH, T + 1, n), dtype=torch.int32, device=dev)
+                dscr = torch.empty((N_DOUBLE_SCRATCH, T + 1, n), dtype=torch.float64, device=dev)
                 args = [to_cupy(a) for a in (yt,)]
                 args += [cp.int32(n), cp.int32(T)]
                 args += [to_cupy(a[i0:i1].contiguous()) for a in (G, sn, b0)]
                 args += [cp.int32(bool(b_free)), to_cupy(bmin[i0:i1].contiguous()), cp.int32(mode),
                          to_cupy(smin[i0:i1].contiguous()), cp.int32(max_iter),
-                         to_cupy(mt), cp.int32(use_mask)]
+                         to_cupy(mt), cp.int32(use_mask), cp.int32(bool(exact))]
                 args += [to_cupy(ct), to_cupy(st), to_cupy(inf), to_cupy(iscr), to_cupy(dscr)]
                 blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
                 fn((blocks,), (THREADS_PER_BLOCK,), tuple(args))
