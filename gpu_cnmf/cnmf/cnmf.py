@@ -24,6 +24,7 @@ Steps and the parameters they honour:
 from __future__ import annotations
 
 import copy
+import logging
 import time
 
 import numpy as np
@@ -36,6 +37,8 @@ from .engine import Model, fit_fov
 from .estimates import Estimates
 from .patches import fit_patches
 from .products import MovieMatrix, Region, as_pixel_matrix
+
+log = logging.getLogger(__name__)
 
 # CaImAn's legacy keyword arguments of CNMF() -> (group, parameter)
 _LEGACY = {
@@ -222,6 +225,9 @@ class CNMF:
         :func:`gpu_cnmf.cnmf.ring_model.cnmfe_fit`."""
         from .ring_model import cnmfe_fit
 
+        if self.params.patch["rf"] is not None:
+            log.info("CNMF-E runs on the whole field of view: rf/stride (patches) are used "
+                     "by two-photon CNMF only")
         Ain = self.Ain
         if Ain is None and getattr(self, "_refit_from", False):
             Ain = self.estimates.A   # refit: start from the fitted footprints

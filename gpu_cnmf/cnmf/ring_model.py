@@ -461,8 +461,9 @@ def cnmfe_fit(images, params, Ain=None, n_iter=2, dims=None, device=None):
     Notes
     -----
     The whole movie, the background-corrected copy and the background are
-    held on the device (3 x the float32 movie); larger fields of view go
-    through patches.
+    held on the device (3 x the float32 movie); there is no patch mode. For
+    movies larger than that, the Ring-CNN route streams
+    (:func:`gpu_cnmf.pipeline.run_pipeline` with ``ring_cnn=True``).
     """
     from ..backend import get_device
     from ..deconvolution import estimate_noise
