@@ -158,6 +158,19 @@ __device__ double rss(int n, const F *y, long long ystride, double b, double g2,
     return out;
 }
 
+// accumulate (twin: _accumulate): one frame's residual and its derivatives
+__device__ __forceinline__ void accumulate(double *acc, double r, double q1, double q2) {
+    acc[0] += r;
+    acc[1] += r * r;
+    acc[2] += r * q1;
+    acc[3] += r * q2;
+    acc[4] += q1 * q1;
+    acc[5] += q1 * q2;
+    acc[6] += q2 * q2;
+    acc[7] += q1;
+    acc[8] += q2;
+}
+
 template <typename F>
 __device__ void linearize(int n, const F *y, long long ystride, int T, double g1, double g2,
                           double b, const Scratch &sc, double *acc) {
@@ -184,15 +197,7 @@ __device__ void linearize(int n, const F *y, long long ystride, int T, double g1
             dB = DvB * hk + g2 * DuB * hk1;
             double r = (double)YAT(t + k) - b - c;
             double q2 = 1.0 - dB;
-            acc[0] += r;
-            acc[1] += r * r;
-            acc[2] += r * q1;
-            acc[3] += r * q2;
-            acc[4] += q1 * q1;
-            acc[5] += q1 * q2;
-            acc[6] += q2 * q2;
-            acc[7] += q1;
-            acc[8] += q2;
+            accumulate(acc, r, q1, q2);
         }
         DuA = q1;
         DuB = dB;
@@ -409,15 +414,7 @@ __device__ void linearize_exact(int n, const F *y, long long ystride, double g2,
             double dB = DvB * hk + g2 * DuB * hk1;
             double r = (double)YAT(t + k) - b - c;
             double q2 = 1.0 - dB;
-            acc[0] += r;
-            acc[1] += r * r;
-            acc[2] += r * q1;
-            acc[3] += r * q2;
-            acc[4] += q1 * q1;
-            acc[5] += q1 * q2;
-            acc[6] += q2 * q2;
-            acc[7] += q1;
-            acc[8] += q2;
+            accumulate(acc, r, q1, q2);
         }
         double nA = DvA * AT(sc.h, l - 1);
         double nB = DvB * AT(sc.h, l - 1);

@@ -206,6 +206,21 @@ def _rss(n, y, T, b, g2, h, pt, pl, pv, pu):
     return out
 
 
+@njit(cache=True, inline="always")
+def _accumulate(acc, r, q1, q2):
+    """Add one frame's residual r and its derivatives q1 (lam), q2 (b) to
+    the nine sums of the (lam, b) update."""
+    acc[0] += r
+    acc[1] += r * r
+    acc[2] += r * q1
+    acc[3] += r * q2
+    acc[4] += q1 * q1
+    acc[5] += q1 * q2
+    acc[6] += q2 * q2
+    acc[7] += q1
+    acc[8] += q2
+
+
 @njit(cache=True)
 def _linearize(n, y, T, g1, g2, b, h, H1, H2, P, pt, pl, pv, pu, acc):
     """Residual r = y - b - c and its derivatives along lam (q1 = -dc/dlam)
@@ -236,15 +251,7 @@ def _linearize(n, y, T, g1, g2, b, h, H1, H2, P, pt, pl, pv, pu, acc):
             dB = DvB * hk + g2 * DuB * hk1
             r = y[t + k] - b - c
             q2 = 1.0 - dB
-            acc[0] += r
-            acc[1] += r * r
-            acc[2] += r * q1
-            acc[3] += r * q2
-            acc[4] += q1 * q1
-            acc[5] += q1 * q2
-            acc[6] += q2 * q2
-            acc[7] += q1
-            acc[8] += q2
+            _accumulate(acc, r, q1, q2)
         DuA = q1
         DuB = dB
 
@@ -500,15 +507,7 @@ def _linearize_exact(n, y, T, g1, g2, b, zero0, h, pt, pl, pv, pu, cA, cB, cDa, 
             dB = DvB * hk + g2 * DuB * hk1
             r = y[t + k] - b - c
             q2 = 1.0 - dB
-            acc[0] += r
-            acc[1] += r * r
-            acc[2] += r * q1
-            acc[3] += r * q2
-            acc[4] += q1 * q1
-            acc[5] += q1 * q2
-            acc[6] += q2 * q2
-            acc[7] += q1
-            acc[8] += q2
+            _accumulate(acc, r, q1, q2)
         nA = DvA * h[l - 1]
         nB = DvB * h[l - 1]
         if l >= 2:
