@@ -105,6 +105,8 @@ def main():
                     help="two-stage AR(2): spikes only near the events of a first pass")
     ap.add_argument("--exact", type=int, default=1,
                     help="AR(2): 1 exact L1 solve (default), 0 the greedy pool merge alone")
+    ap.add_argument("--refit-rise", type=int, default=1,
+                    help="AR(2) with --optimize-g: 1 refit decay and rise, 0 the decay only")
     ap.add_argument("--ref-optimize-g", type=int, default=0)
     ap.add_argument("--table", default=None)
     a = ap.parse_args()
@@ -115,6 +117,8 @@ def main():
         ours_kw["support"] = a.support
     if not a.exact:
         ours_kw["exact"] = False
+    if not a.refit_rise:
+        ours_kw["refit_rise"] = False
     ref_kw = dict(optimize_g=a.ref_optimize_g)
     rows = run(a.p, ours_kw, ref_kw)
     text = table(rows, a.p, ours_kw, ref_kw)

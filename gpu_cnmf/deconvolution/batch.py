@@ -178,7 +178,7 @@ def _support(how, t32, G, sn_t, b0, b_free, bmin, max_iter, exact=True):
 
 def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optimize_g=False,
                      noise_range=(0.25, 0.5), noise_method="mean", lags=5, fudge_factor=0.96,
-                     *, bl=None, max_iter=DEFAULT_MAX_ITER, support=None, exact=True):
+                     *, bl=None, max_iter=DEFAULT_MAX_ITER, support=None, exact=True, refit_rise=True):
     """Deconvolve many calcium traces at once with OASIS (noise-constrained).
 
     For each trace y, finds calcium c (AR(p) dynamics), spikes s >= 0 and a
@@ -227,6 +227,12 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         residual, spikes smeared over 1-2 frames). AR(1) is exact either way.
         The thresholded modes (s_min != None) take b from this solve; their
         spikes come from the greedy thresholded pass.
+    refit_rise : bool, keyword-only
+        AR(2) with ``optimize_g``: refit the rise root as well as the decay
+        (default). False keeps the rise root of the initial g (estimated or
+        given) and refits only the decay: on real recordings, bursts and
+        onsets between frames make the fitted rise slower than a single
+        event's.
 
     Returns
     -------
@@ -234,6 +240,8 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         ``C, S, bl, c1, g, sn`` (plus ``lam`` and ``s_min`` attributes).
     """
     _check_params(p, s_min, bas_nonneg, optimize_g, noise_range, noise_method, lags, fudge_factor)
+    if not isinstance(refit_rise, (bool, np.bool_)):
+        raise ParameterError(f"refit_rise: expected a bool, got {refit_rise!r}")
     if isinstance(support, str) and support not in SUPPORT_MODES:
         raise ParameterError(f"support: expected None, 'ar1', 'ar2' or a bool mask, got {support!r}")
     t, is_numpy = _as_2d_tensor(Y)
@@ -276,12 +284,18 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
     M = _support(support, t32, G, sn_t, b0, b_free, bmin, max_iter, exact)
     C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter, M, exact)
     if optimize_g and p:
-        from .refine import N_ROUNDS, refine_g
-        for _ in range(N_ROUNDS):
-            G = refine_g(t32, S, info[:, 0], G, p, None if optimize_g is True else int(optimize_g))
+        from .refine import G_TOL, N_ROUNDS, N_ROUNDS_AR1, refine_g
+        # AR(2): refit / deconvolve until g settles (a wrong rise shifts the
+        # onsets, and the pools with them), so a few rounds are not enough
+        for _ in range(N_ROUNDS if p == 2 else N_ROUNDS_AR1):
+            G_old = G
+            G = refine_g(t32, S, info[:, 0], G, p, None if optimize_g is True else int(optimize_g), C,
+                         refit_rise)
             mode, smin = _threshold(s_min, sn_t, G, N, dev)
             M = _support(support, t32, G, sn_t, b0, b_free, bmin, max_iter, exact)
             C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter, M, exact)
+            if p == 2 and (G - G_old).abs().max() < G_TOL:
+                break
     S[:, 0] = 0
     res = DeconvResult(C=C, S=S, bl=info[:, 0].to(torch.float32), c1=info[:, 2].to(torch.float32),
                        g=G[:, :p].to(torch.float32), sn=sn_t.to(torch.float32),
