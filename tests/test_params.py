@@ -221,8 +221,8 @@ def _has_open_movie():
 def test_dims_are_read_from_fnames(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     first, second = tmp_path / "a.tif", tmp_path / "b.tif"
-    tifffile.imwrite(first, np.zeros((5, 20, 30), dtype=np.uint16))
-    tifffile.imwrite(second, np.zeros((4, 24, 16), dtype=np.uint16))
+    tifffile.imwrite(first, np.zeros((5, 20, 30), dtype=np.uint16), photometric="minisblack")
+    tifffile.imwrite(second, np.zeros((4, 24, 16), dtype=np.uint16), photometric="minisblack")
     params = CNMFParams(fnames=[str(first)])
     assert params.data["dims"] == (20, 30)
     params.change_params({"fnames": [str(second)]})
