@@ -1,7 +1,6 @@
 """CNMFParams: the spec's parameters and defaults, routing of flat and nested
 updates, derived defaults, exact JSON round trips and clear errors."""
 import ast
-import importlib
 import json
 import math
 import re
@@ -210,14 +209,6 @@ def test_paths_become_strings(tmp_path):
 
 # -- dims from files -------------------------------------------------------------
 
-def _has_open_movie():
-    try:
-        return hasattr(importlib.import_module("gpu_cnmf.io"), "open_movie")
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _has_open_movie(), reason="gpu_cnmf.io.open_movie not written yet")
 def test_dims_are_read_from_fnames(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     first, second = tmp_path / "a.tif", tmp_path / "b.tif"
