@@ -191,7 +191,6 @@ def test_crops_centre_on_the_footprint():
 
 @pytest.fixture(scope="module")
 def cells_and_artefacts():
-    pytest.importorskip("gpu_cnmf.synthetic")
     return make_cells_and_artefacts()
 
 

@@ -110,9 +110,7 @@ def test_streaming_equals_one_pass_and_sources(device):
 
 
 def test_movie_source_from_io(tmp_path):
-    io = pytest.importorskip("gpu_cnmf.io")
-    if not hasattr(io, "open_movie"):
-        pytest.skip("gpu_cnmf.io.open_movie not available yet")
+    from gpu_cnmf import io
     Y, _ = small_movie(T=60)
     np.save(tmp_path / "m.npy", Y)
     a = summary_images(io.open_movie(str(tmp_path / "m.npy")), chunk_frames=9)
