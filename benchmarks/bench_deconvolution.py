@@ -6,8 +6,9 @@ Size: N traces x T frames, default 10,000 x 10,000 on the GPU; the CPU twin
 and the reference (oasis-deconv, trace by trace, one core) run on a subset
 (GPU_CNMF_BENCH_CPU_TRACES, default 1,000; reference
 GPU_CNMF_BENCH_REF_TRACES, default 100) and are extrapolated linearly in N
-(traces are independent). Sizes can be changed with GPU_CNMF_BENCH_N and
-GPU_CNMF_BENCH_T. The GPU case is skipped without CUDA and CuPy, the
+(traces are independent). ``optimize_g`` runs on GPU_CNMF_BENCH_OPT_TRACES
+(default 200) traces, starting from a wrong g. Sizes can be changed with
+GPU_CNMF_BENCH_N and GPU_CNMF_BENCH_T. The GPU case is skipped without CUDA and CuPy, the
 reference case without oasis-deconv.
 """
 import os
@@ -24,6 +25,8 @@ N = int(os.environ.get("GPU_CNMF_BENCH_N", 10_000))
 T = int(os.environ.get("GPU_CNMF_BENCH_T", 10_000))
 N_CPU = min(N, int(os.environ.get("GPU_CNMF_BENCH_CPU_TRACES", 1_000)))
 N_REF = min(N, int(os.environ.get("GPU_CNMF_BENCH_REF_TRACES", 100)))
+# optimize_g (refit g to the events, deconvolve again, until g settles)
+N_OPT = min(N, int(os.environ.get("GPU_CNMF_BENCH_OPT_TRACES", 200)))
 SN = 0.3
 G = {1: (0.95,), 2: (1.7, -0.712)}
 
@@ -75,6 +78,34 @@ def test_cpu_twin_estimated_params(benchmark, p):
     y = traces(N_CPU, p)
     _extra(benchmark, N_CPU)
     benchmark.pedantic(deconvolve_batch, args=(y,), kwargs=dict(p=p), rounds=1, iterations=1)
+
+
+# a decay that is too fast (and for AR(2) a rise that is too slow)
+G_WRONG = {1: (0.85,), 2: (1.8, -0.81)}
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_cpu_optimize_g(benchmark, p):
+    y = traces(N_OPT, p)
+    _extra(benchmark, N_OPT)
+    benchmark.pedantic(deconvolve_batch, args=(y,), kwargs=dict(p=p, g=G_WRONG[p], sn=SN, optimize_g=True),
+                       rounds=1, iterations=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and cupy_available()),
+                    reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("p", [1, 2])
+def test_gpu_optimize_g(benchmark, p):
+    y = torch.from_numpy(traces(N_OPT, p)).cuda()
+    deconvolve_batch(y[:8], p=p, g=G[p], sn=SN)       # compile the kernel
+
+    def run():
+        out = deconvolve_batch(y, p=p, g=G_WRONG[p], sn=SN, optimize_g=True)
+        torch.cuda.synchronize()
+        return out
+    _extra(benchmark, N_OPT)
+    benchmark.pedantic(run, rounds=1, iterations=1)
 
 
 @pytest.mark.gpu

@@ -249,6 +249,17 @@ def test_optimize_g_corrects_a_wrong_ar2():
     assert corr_rows(res.S, s).mean() > 0.95
 
 
+def test_optimize_g_each_trace_on_its_own():
+    # a trace's refitted g and spikes must not depend on the other traces of
+    # the batch (each settles and stops on its own)
+    y, c, s = simulate(4, 2000, AR2, 0.2, seed=11)
+    batch = deconvolve_batch(y, p=2, g=(1.8, -0.81), sn=0.2, optimize_g=True)
+    for i in range(4):
+        one = deconvolve_batch(y[i:i + 1], p=2, g=(1.8, -0.81), sn=0.2, optimize_g=True)
+        np.testing.assert_allclose(one.g[0], batch.g[i], atol=1e-6)
+        np.testing.assert_allclose(one.S[0], batch.S[i], atol=1e-4)
+
+
 def test_optimize_g_ar2_decay_only():
     # refit_rise=False: the rise root of the initial g is kept, the decay
     # refitted (start roots (0.9, 0.75), truth (0.9525, 0.7475))

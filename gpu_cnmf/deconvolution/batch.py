@@ -284,23 +284,55 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
     M = _support(support, t32, G, sn_t, b0, b_free, bmin, max_iter, exact)
     C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter, M, exact)
     if optimize_g and p:
-        from .refine import G_TOL, N_ROUNDS, N_ROUNDS_AR1, refine_g
-        # AR(2): refit / deconvolve until g settles (a wrong rise shifts the
-        # onsets, and the pools with them), so a few rounds are not enough
-        for _ in range(N_ROUNDS if p == 2 else N_ROUNDS_AR1):
-            G_old = G
-            G = refine_g(t32, S, info[:, 0], G, p, None if optimize_g is True else int(optimize_g), C,
-                         refit_rise)
-            mode, smin = _threshold(s_min, sn_t, G, N, dev)
-            M = _support(support, t32, G, sn_t, b0, b_free, bmin, max_iter, exact)
-            C, S, info = run_oasis(t32, G, sn_t, b0, b_free, bmin, mode, smin, max_iter, M, exact)
-            if p == 2 and (G - G_old).abs().max() < G_TOL:
-                break
+        C, S, info, G = _optimize_g(t32, C, S, info, G, p, optimize_g, refit_rise, s_min, sn_t, b0, b_free,
+                                    bmin, max_iter, support, M, exact)
     S[:, 0] = 0
     res = DeconvResult(C=C, S=S, bl=info[:, 0].to(torch.float32), c1=info[:, 2].to(torch.float32),
                        g=G[:, :p].to(torch.float32), sn=sn_t.to(torch.float32),
                        lam=info[:, 1].to(torch.float32), s_min=info[:, 4].to(torch.float32))
     return _deliver(res, is_numpy, squeeze, t.dtype)
+
+
+def _optimize_g(t32, C, S, info, G, p, optimize_g, refit_rise, s_min, sn_t, b0, b_free, bmin, max_iter,
+                support, M, exact):
+    """Rounds of refitting g to the events and deconvolving again.
+
+    AR(2) runs until g settles (a wrong rise shifts the onsets, and the
+    pools with them), each trace on its own: a trace whose coefficients
+    moved less than G_TOL in two rounds in a row drops out, so its result
+    does not depend on the other traces of the batch, and one slow trace
+    does not keep the whole batch busy. AR(1) settles in N_ROUNDS_AR1 rounds.
+    """
+    from .refine import G_TOL, N_ROUNDS, N_ROUNDS_AR1, refine_g
+    N = t32.shape[0]
+    n_events = None if optimize_g is True else int(optimize_g)
+    fixed_mask = not isinstance(support, str)     # None or the user's mask, as checked
+    active = torch.arange(N, device=t32.device)
+    was_quiet = torch.zeros(N, dtype=torch.bool, device=t32.device)
+    C, S, info, G = C.clone(), S.clone(), info.clone(), G.clone()
+    for _ in range(N_ROUNDS if p == 2 else N_ROUNDS_AR1):
+        y = t32[active]
+        G_old = G[active]
+        G_new = refine_g(y, S[active], info[active, 0], G_old, p, n_events, C[active], refit_rise)
+        G[active] = G_new
+        sn, b, lo = sn_t[active], b0[active], bmin[active]
+        mode, smin = _threshold(s_min, sn, G_new, len(active), t32.device)
+        if fixed_mask:
+            Ma = None if M is None else M[active]
+        else:
+            Ma = _support(support, y, G_new, sn, b, b_free, lo, max_iter, exact)
+        C[active], S[active], info[active] = run_oasis(y, G_new, sn, b, b_free, lo, mode, smin, max_iter, Ma,
+                                                       exact)
+        if p == 2:
+            # the refit and the spikes it sees move together, in fits and
+            # starts: a trace is done after two quiet rounds in a row
+            quiet = (G_new - G_old).abs().amax(dim=1) < G_TOL
+            done = quiet & was_quiet[active]
+            was_quiet[active] = quiet
+            active = active[~done]
+            if active.numel() == 0:
+                break
+    return C, S, info, G
 
 
 def _stable(G):

@@ -9,10 +9,16 @@ local baseline offset, on top of the calcium carried in from before the pool
 (see :func:`refine_g`). Searched by golden section (AR(2): alternating
 between d and r), batched over traces (each trace its own interval), the
 same torch code on every device.
+
+Cost: every sum over a pool that involves only the model is a geometric
+series in the pool's length (closed form); the data enter through one sum
+of q^k x_k per pool and candidate root q, so each evaluation of the
+residual is one pass over the frames.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -26,12 +32,26 @@ N_ROUNDS_AR1 = 3  # refit / deconvolve rounds of deconvolve_batch, AR(1)
 N_ROUNDS = 10  # most rounds for AR(2), ...
 G_TOL = 1e-3   # ... stopping once no coefficient moves more than this
 MAX_ROOT = 0.999
-N_ALTERNATE = 8  # AR(2): most alternating searches of decay and rise per refit,
+ROOT_GAP = 1e-4  # AR(2) refit: least distance between decay and rise root
+N_ALTERNATE = 4  # AR(2): most alternating searches of decay and rise per refit,
 ALTERNATE_TOL = 1e-5  # ... stopping once neither root moves more than this
 
 
-def _segments(S, n_events):
-    """Pool index and offset within the pool of every frame, and which pools count.
+class Pools(NamedTuple):
+    """Pools of a batch of traces. Frame-wise (N, T): k, the offset within
+    the pool. Pool-wise (P,): trace, its trace; length; keep, 1.0 where the
+    pool counts. end (P,): flat index of each pool's last frame; first (N,):
+    index of each trace's first pool (pools are numbered trace by trace)."""
+    k: torch.Tensor
+    trace: torch.Tensor
+    length: torch.Tensor
+    keep: torch.Tensor
+    end: torch.Tensor
+    first: torch.Tensor
+
+
+def _pools(S, n_events):
+    """Split each trace into pools at its large spikes.
 
     Pools start at the large spikes only (>= BIG_SPIKE x the trace's largest):
     with a decay that is too fast, the first deconvolution fills the true
@@ -45,111 +65,125 @@ def _segments(S, n_events):
     start = (S > 0) & (S >= big)
     start[:, 0] = True
     tt = torch.arange(T, device=dev).expand(N, T)
-    first = torch.cummax(torch.where(start, tt, torch.zeros_like(tt)), dim=1).values
-    k = (tt - first).to(torch.float64)
-    seg = torch.cumsum(start.to(torch.int64), dim=1) - 1
-    flat = seg + torch.arange(N, device=dev)[:, None] * T
+    onset = torch.cummax(torch.where(start, tt, torch.zeros_like(tt)), dim=1).values
+    k = (tt - onset).to(torch.float64)
+    last = torch.ones_like(start)
+    last[:, :-1] = start[:, 1:]
+    end = torch.nonzero(last.reshape(-1))[:, 0]
+    trace = torch.div(end, T, rounding_mode="floor")
+    # flat indices run on from one trace to the next, so one difference
+    # of the ends gives every pool's length
+    length = torch.diff(end, prepend=end.new_full((1,), -1)).to(torch.float64)
+    n_pools = start.sum(dim=1)
+    first = torch.cumsum(n_pools, dim=0) - n_pools
     if n_events is None:
-        keep = torch.ones(N * T, dtype=torch.float64, device=dev)
+        keep = torch.ones(len(end), dtype=torch.float64, device=dev)
     else:
         size = torch.where(start, S.to(torch.float64), torch.zeros_like(S, dtype=torch.float64))
         size[:, 0] = 0
         kth = torch.topk(size, min(n_events, T), dim=1).values[:, -1:]
         chosen = start & (size >= kth) & (size > 0)
-        keep = torch.zeros(N * T, dtype=torch.float64, device=dev)
-        keep[flat[chosen]] = 1.0
-    return k, flat, keep
+        keep = chosen[start].to(torch.float64)
+    return Pools(k, trace, length, keep, end, first)
 
 
-def _segsum(v, flat, NT):
-    out = torch.zeros(NT, dtype=v.dtype, device=v.device)
-    return out.index_add_(0, flat.reshape(-1), v.reshape(-1))
+def _segsum(v, pools):
+    """Sum of v (N, T) over each pool (P,): differences of running sums
+    along each trace (several times faster than a scatter-add)."""
+    cs = torch.cumsum(v, dim=1).reshape(-1)[pools.end]
+    out = cs.clone()
+    out[1:] -= cs[:-1]
+    out[pools.first] = cs[pools.first]
+    return out
 
 
-def _impulse(d, r, k):
-    """AR(2) impulse response at offsets k for roots d >= r (per trace)."""
-    d = d[:, None]
-    r = r[:, None]
-    close = (d - r).abs() < 1e-6
-    diff = torch.where(close, torch.ones_like(d), d - r)
-    h = (d ** (k + 1) - r ** (k + 1)) / diff
-    return torch.where(close, (k + 1) * d ** k, h)
+def _pow_sum(q, x, pools):
+    """Sum over each pool of q^k x_k, q per trace (N,): the only part of a
+    pool fit that needs every frame."""
+    # exp(k log q) is about twice as fast as q ** k; q = 0 gives 0^0 = 1 as it should
+    return _segsum(torch.exp(pools.k * q.clamp_min(1e-300).log()[:, None]) * x, pools)
 
 
-def _rss_ar1(g, x, k, flat, keep, xx):
-    NT = x.numel()
-    w = g[:, None] ** k
-    sgx = _segsum(w * x, flat, NT)
-    sgg = _segsum(w * w, flat, NT).clamp_min(1e-300)
-    per = (xx - sgx * sgx / sgg) * keep
-    return per.reshape(x.shape).sum(dim=1)
+def _geo(q, L):
+    """Sum of q^k for k < L (per pool; 0 <= q < 1)."""
+    return (1 - q ** L) / (1 - q)
 
 
-def _rss_ar2(d, r, x, k, flat, keep, pre, sums):
-    """Summed residual of the AR(2) pool fits at roots (d, r), per trace.
+def _per_trace(v, pools, N):
+    return torch.zeros(N, dtype=v.dtype, device=v.device).index_add_(0, pools.trace, v)
+
+
+def _rss_ar1(g, x, pools, xx):
+    sgx = _pow_sum(g, x, pools)
+    sgg = _geo(g[pools.trace] ** 2, pools.length).clamp_min(1e-300)
+    return _per_trace((xx - sgx * sgx / sgg) * pools.keep, pools, g.numel())
+
+
+def _rss_ar2(d, r, Dx, Rx, pools, pre, sums):
+    """Summed residual of the AR(2) pool fits at roots d > r, per trace.
 
     Each counted pool is fitted as z_k = a h_k + delta, with z = x - q: q the
     calcium carried in from before the pool (the deconvolved calcium of the
     two frames before it, ``pre``, propagated with the candidate roots), a
     the event's amplitude and delta the pool's own baseline offset (2 x 2
-    least squares per pool, closed form).
+    least squares per pool, closed form). With h_k = (d^(k+1) - r^(k+1)) /
+    (d - r) every sum over a pool is a geometric series in its length,
+    except those with the data: Dx, Rx = sum of d^k x_k, r^k x_k per pool.
     """
-    NT = x.numel()
-    h0 = _impulse(d, r, k)
-    h1 = torch.where(k >= 1, _impulse(d, r, (k - 1).clamp_min(0)), torch.zeros_like(h0))
-    g1 = (d + r).repeat_interleave(x.shape[1])
-    g2 = (-d * r).repeat_interleave(x.shape[1])
+    L = pools.length
+    dp, rp = d[pools.trace], r[pools.trace]
+    e = dp - rp
+    Gd, Gr = _geo(dp, L), _geo(rp, L)
+    Gdd, Gdr, Grr = _geo(dp * dp, L), _geo(dp * rp, L), _geo(rp * rp, L)
+    a = ((dp * dp * Gdd - 2 * dp * rp * Gdr + rp * rp * Grr) / (e * e)).clamp_min(1e-300)  # sum h0^2
+    bb = (dp * Gdd - (dp + rp) * Gdr + rp * Grr) / (e * e)      # sum h0 h1 (h1: h one frame later)
+    c = (Gdd - 2 * Gdr + Grr) / (e * e)                          # sum h1^2
+    m0 = (dp * Gd - rp * Gr) / e                                 # sum h0
+    m1 = (Gd - Gr) / e                                           # sum h1
+    u = (dp * Dx - rp * Rx) / e                                  # sum h0 x
+    v = (Dx - Rx) / e                                            # sum h1 x
+    g1, g2 = dp + rp, -dp * rp
     al = g1 * pre[0] + g2 * pre[1]      # carried-in calcium: al h_k + be h_(k-1)
     be = g2 * pre[0]
-    a = _segsum(h0 * h0, flat, NT).clamp_min(1e-300)
-    bb = _segsum(h0 * h1, flat, NT)
-    c = _segsum(h1 * h1, flat, NT)
-    u = _segsum(h0 * x, flat, NT)
-    v = _segsum(h1 * x, flat, NT)
-    m0 = _segsum(h0, flat, NT)
-    m1 = _segsum(h1, flat, NT)
-    xx, sx, n = sums
+    xx, sx = sums
     P = u - al * a - be * bb                                   # sum z h0
     Q0 = xx - 2 * al * u - 2 * be * v + al * al * a + 2 * al * be * bb + be * be * c   # sum z^2
     Q1 = sx - al * m0 - be * m1                                # sum z
-    det = a * n - m0 * m0
-    ok = det > 1e-9 * a * n     # else a one-frame pool (or flat h): the offset alone
+    det = a * L - m0 * m0
+    ok = det > 1e-9 * a * L     # else a one-frame pool (or flat h): the offset alone
     det = torch.where(ok, det, torch.ones_like(det))
-    fit = torch.where(ok, (n * P * P - 2 * m0 * P * Q1 + a * Q1 * Q1) / det, Q1 * Q1 / n.clamp_min(1))
-    return ((Q0 - fit) * keep).reshape(x.shape).sum(dim=1)
+    fit = torch.where(ok, (L * P * P - 2 * m0 * P * Q1 + a * Q1 * Q1) / det, Q1 * Q1 / L.clamp_min(1))
+    return _per_trace((Q0 - fit) * pools.keep, pools, d.numel())
 
 
 def _golden(f, lo, hi, n_iter=N_GOLDEN):
-    """Per-trace minimiser of f on [lo, hi] (tensors (N,))."""
+    """Per-trace minimiser of f on [lo, hi] (tensors (N,)); one evaluation
+    of f per iteration."""
     a, b = lo.clone(), hi.clone()
     x1 = b - _GOLDEN * (b - a)
     x2 = a + _GOLDEN * (b - a)
     f1, f2 = f(x1), f(x2)
     for _ in range(n_iter):
-        left = f1 < f2
+        left = f1 < f2      # the minimum lies in [a, x2]
         b = torch.where(left, x2, b)
         a = torch.where(left, a, x1)
-        x2n = torch.where(left, x1, a + _GOLDEN * (b - a))
-        x1n = torch.where(left, b - _GOLDEN * (b - a), x2)
-        x1, x2 = x1n, x2n
-        f1, f2 = f(x1), f(x2)
+        xn = torch.where(left, b - _GOLDEN * (b - a), a + _GOLDEN * (b - a))
+        fn = f(xn)
+        x1, x2 = torch.where(left, xn, x2), torch.where(left, x1, xn)
+        f1, f2 = torch.where(left, fn, f2), torch.where(left, f1, fn)
     return 0.5 * (a + b)
 
 
-def _carried(C, flat):
-    """Deconvolved calcium of the two frames before each pool (N*T,) x 2,
-    indexed like the pools; zero before the trace starts."""
+def _carried(C, pools):
+    """Deconvolved calcium of the two frames before each pool (2, P); zero
+    before the trace starts."""
     N, T = C.shape
-    Cd = C.to(torch.float64)
-    m1 = torch.zeros_like(Cd)
-    m2 = torch.zeros_like(Cd)
-    m1[:, 1:] = Cd[:, :-1]
-    m2[:, 2:] = Cd[:, :-2]
-    first = torch.zeros(N, T, dtype=torch.bool, device=C.device)
-    first[:, 1:] = flat[:, 1:] != flat[:, :-1]
-    pre = torch.zeros((2, N * T), dtype=torch.float64, device=C.device)
-    pre[0, flat[first]] = m1[first]
-    pre[1, flat[first]] = m2[first]
+    flat = C.to(torch.float64).reshape(-1)
+    onset = pools.end - pools.length.to(torch.int64) + 1    # flat index of each pool's first frame
+    pre = torch.zeros((2, len(onset)), dtype=torch.float64, device=C.device)
+    within = onset % T                                      # its frame within the trace
+    pre[0] = torch.where(within >= 1, flat[(onset - 1).clamp_min(0)], pre[0])
+    pre[1] = torch.where(within >= 2, flat[(onset - 2).clamp_min(0)], pre[1])
     return pre
 
 
@@ -185,36 +219,40 @@ def refine_g(Y, S, bl, G, p, n_events=None, C=None, rise=True):
     rounds of :func:`deconvolve_batch` carry the calcium forward.
     """
     x = Y.to(torch.float64) - bl.to(torch.float64)[:, None]
-    k, flat, keep = _segments(S, n_events)
-    NT = x.numel()
-    xx = _segsum(x * x, flat, NT)
     N = x.shape[0]
     dev = x.device
+    pools = _pools(S, n_events)
+    xx = _segsum(x * x, pools)
     out = G.clone()
     if p == 1:
-        f = lambda g: _rss_ar1(g, x, k, flat, keep, xx)  # noqa: E731
-        out[:, 0] = _golden(f, torch.full((N,), 1e-3, dtype=torch.float64, device=dev),
+        out[:, 0] = _golden(lambda g: _rss_ar1(g, x, pools, xx),
+                            torch.full((N,), 1e-3, dtype=torch.float64, device=dev),
                             torch.full((N,), MAX_ROOT, dtype=torch.float64, device=dev))
         return out
-    T = x.shape[1]
-    flat2 = flat.reshape(N, T)
-    keep = keep.clone()
-    keep[flat2[:, 0]] = 0.0                     # the stretch before the first event
-    pre = _carried(torch.zeros_like(x) if C is None else C, flat2)
-    sums = (xx, _segsum(x, flat, NT), _segsum(torch.ones_like(x), flat, NT))
-    has = (keep.reshape(N, T).sum(dim=1) > 0)
+    keep = pools.keep.clone()
+    keep[pools.first] = 0.0                     # the stretch before the first event
+    pools = pools._replace(keep=keep)
+    pre = _carried(torch.zeros_like(x) if C is None else C, pools)
+    sums = (xx, _segsum(x, pools))
+    has = _per_trace(keep, pools, N) > 0
     g1, g2 = G[:, 0], G[:, 1]
     disc = (g1 * g1 + 4 * g2).clamp_min(0).sqrt()
-    d = ((g1 + disc) / 2).clamp(1e-3, MAX_ROOT)
+    d = ((g1 + disc) / 2).clamp(ROOT_GAP, MAX_ROOT)
     r = ((g1 - disc) / 2).clamp(0.0, MAX_ROOT)
-    r = torch.minimum(r, d)
-    for _ in range(N_ALTERNATE):
+    # distinct roots keep the closed forms well conditioned; a gap of
+    # ROOT_GAP changes the impulse response by far less than the noise
+    r = torch.minimum(r, d - ROOT_GAP).clamp_min(0.0)
+    Rx = _pow_sum(r, x, pools)
+    for _ in range(N_ALTERNATE if rise else 1):
         d_old, r_old = d, r
-        d = _golden(lambda z: _rss_ar2(z, r, x, k, flat, keep, pre, sums), r.clamp_min(1e-3),
-                    torch.full_like(d, MAX_ROOT), N_GOLDEN_AR2)
-        if rise:
-            r = _golden(lambda z: _rss_ar2(d, z, x, k, flat, keep, pre, sums), torch.zeros_like(r), d,
-                        N_GOLDEN_AR2)
+        d = _golden(lambda z: _rss_ar2(z, r, _pow_sum(z, x, pools), Rx, pools, pre, sums),
+                    r + ROOT_GAP, torch.full_like(d, MAX_ROOT), N_GOLDEN_AR2)
+        if not rise:
+            break
+        Dx = _pow_sum(d, x, pools)
+        r = _golden(lambda z: _rss_ar2(d, z, Dx, _pow_sum(z, x, pools), pools, pre, sums),
+                    torch.zeros_like(r), d - ROOT_GAP, N_GOLDEN_AR2)
+        Rx = _pow_sum(r, x, pools)
         if max((d - d_old).abs().max(), (r - r_old).abs().max()) < ALTERNATE_TOL:
             break
     out[:, 0] = torch.where(has, d + r, G[:, 0])
