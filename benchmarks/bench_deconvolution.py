@@ -87,6 +87,7 @@ G_WRONG = {1: (0.85,), 2: (1.8, -0.81)}
 @pytest.mark.parametrize("p", [1, 2])
 def test_cpu_optimize_g(benchmark, p):
     y = traces(N_OPT, p)
+    deconvolve_batch(y[:4], p=p, g=G[p], sn=SN)       # compile / load the cache
     _extra(benchmark, N_OPT)
     benchmark.pedantic(deconvolve_batch, args=(y,), kwargs=dict(p=p, g=G_WRONG[p], sn=SN, optimize_g=True),
                        rounds=1, iterations=1)

@@ -5,7 +5,7 @@ with simultaneously recorded spikes. For each recording, the inferred spike
 train and the true one (spike counts per frame) are both summed in bins of
 ``BIN`` frames (~67 ms) and correlated.
 
-Run:  python benchmarks/cascade_compare.py [--p 1] [--table out.md]
+Run:  python benchmarks/cascade_compare.py [--p 1] [--bootstrap] [--table out.md]
 oasis-deconv (GPL, optional: ``pip install oasis-deconv``) is imported here
 only, never by the package.
 """
@@ -47,6 +47,24 @@ def binned_corr(s_est, s_true, b=BIN):
     return float(np.corrcoef(a, t)[0, 1])
 
 
+def bootstrap_diff(s_a, s_b, s_true, n=2000, block=150, b=BIN, seed=0):
+    """95 % interval of corr(a, true) - corr(b, true) over block-bootstrap
+    resamples of the binned trains (blocks of ``block`` bins, ~10 s, keep
+    the slow structure of calcium and spikes)."""
+    m = (len(s_true) // b) * b
+    A, B, S = (np.asarray(v[:m], float).reshape(-1, b).sum(1) for v in (s_a, s_b, s_true))
+    nb = len(S) // block
+    blocks = np.arange(nb * block).reshape(nb, block)
+    rng = np.random.default_rng(seed)
+    d = []
+    for _ in range(n):
+        i = blocks[rng.integers(0, nb, nb)].ravel()
+        if S[i].std() == 0 or A[i].std() == 0 or B[i].std() == 0:
+            continue
+        d.append(np.corrcoef(A[i], S[i])[0, 1] - np.corrcoef(B[i], S[i])[0, 1])
+    return tuple(np.percentile(d, [2.5, 97.5]))
+
+
 def ours(y, p, **kw):
     # recordings differ in length: one call each (a batch needs equal T)
     return deconvolve_batch(y.astype(np.float32), p=p, **kw).S
@@ -59,30 +77,34 @@ def reference(y, p, **kw):
         return deconvolve(y, g=(None,) * p, penalty=1, **kw)[1]
 
 
-def run(p=1, ours_kw=None, ref_kw=None):
+def run(p=1, ours_kw=None, ref_kw=None, bootstrap=False):
     ours_kw = {} if ours_kw is None else ours_kw
     ref_kw = {} if ref_kw is None else ref_kw
     rows = []
     for name, y, s in load():
         t0 = time.perf_counter()
-        a = binned_corr(ours(y, p, **ours_kw), s)
+        sa = ours(y, p, **ours_kw)
         t1 = time.perf_counter()
         try:
-            r = binned_corr(reference(y, p, **ref_kw), s)
+            sr = reference(y, p, **ref_kw)
         except ImportError:
-            r = float("nan")
+            sr = None
         t2 = time.perf_counter()
-        rows.append((name, len(y), int(s.sum()), a, r, t1 - t0, t2 - t1))
+        r = float("nan") if sr is None else binned_corr(sr, s)
+        ci = bootstrap_diff(sa, sr, s) if bootstrap and sr is not None else None
+        rows.append((name, len(y), int(s.sum()), binned_corr(sa, s), r, t1 - t0, t2 - t1, ci))
     return rows
 
 
 def table(rows, p, ours_kw, ref_kw):
     lines = [f"AR order p={p}; gpu_cnmf settings {ours_kw or 'defaults'}; "
              f"oasis-deconv settings penalty=1 {ref_kw or '(defaults)'}; bins of {BIN} frames",
-             "", "| recording | frames | spikes | r gpu_cnmf | r oasis-deconv | diff |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, T, ns, a, r, _, _ in rows:
-        lines.append(f"| {name} | {T} | {ns} | {a:.3f} | {r:.3f} | {a - r:+.3f} |")
+             "", "| recording | frames | spikes | r gpu_cnmf | r oasis-deconv | diff |"
+             + (" 95 % interval of diff |" if rows[0][7] else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---|" if rows[0][7] else "")]
+    for name, T, ns, a, r, _, _, ci in rows:
+        extra = f" [{ci[0]:+.3f}, {ci[1]:+.3f}] |" if ci else ""
+        lines.append(f"| {name} | {T} | {ns} | {a:.3f} | {r:.3f} | {a - r:+.3f} |{extra}")
     A = np.array([r[3] for r in rows])
     R = np.array([r[4] for r in rows])
     lines.append(f"| **mean** | | | **{A.mean():.3f}** | **{R.mean():.3f}** | {A.mean() - R.mean():+.3f} |")
@@ -108,6 +130,8 @@ def main():
     ap.add_argument("--refit-rise", type=int, default=1,
                     help="AR(2) with --optimize-g: 1 refit decay and rise, 0 the decay only")
     ap.add_argument("--ref-optimize-g", type=int, default=0)
+    ap.add_argument("--bootstrap", action="store_true",
+                    help="add each recording's block-bootstrap 95 %% interval of the difference")
     ap.add_argument("--table", default=None)
     a = ap.parse_args()
     ours_kw = dict(optimize_g=bool(a.optimize_g), noise_method=a.noise_method, fudge_factor=a.fudge_factor, lags=a.lags)
@@ -120,7 +144,7 @@ def main():
     if not a.refit_rise:
         ours_kw["refit_rise"] = False
     ref_kw = dict(optimize_g=a.ref_optimize_g)
-    rows = run(a.p, ours_kw, ref_kw)
+    rows = run(a.p, ours_kw, ref_kw, a.bootstrap)
     text = table(rows, a.p, ours_kw, ref_kw)
     print(text)
     if a.table:
