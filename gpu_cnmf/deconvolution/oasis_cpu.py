@@ -58,6 +58,10 @@ next, not single frames; s_t = 0 elsewhere by construction. The same
 noise-constrained problem is then solved on that support; where even the
 fit without penalty (lam = 0, a non-negative least-squares fit on the
 support) leaves a residual above sn^2 T, lam stays 0.
+
+The solver stays in this one file: numba's on-disk cache (cache=True) does
+not notice edits to jitted functions imported from other files, so a split
+would let stale compiled code survive a change.
 """
 from __future__ import annotations
 
