@@ -249,6 +249,44 @@ def test_optimize_g_corrects_a_wrong_ar2():
     assert corr_rows(res.S, s).mean() > 0.95
 
 
+def test_refit_residual_matches_direct_pool_fits():
+    # the AR(2) refit sums each pool's fit in closed form; here every pool
+    # is fitted directly (least squares of z = x - carried-in calcium on
+    # [h, 1]) and the residuals must agree
+    from gpu_cnmf.deconvolution import refine
+    y, c, s = simulate(3, 600, AR2, 0.3, seed=5, rate=1 / 30)
+    res = deconvolve_batch(y, p=2, g=(1.8, -0.81), sn=0.3)
+    Y, S, C = (torch.as_tensor(v) for v in (y, res.S, res.C))
+    x = Y.double() - torch.as_tensor(res.bl).double()[:, None]
+    pools = refine._pools(S, None)
+    keep = pools.keep.clone()
+    keep[pools.first] = 0.0
+    pools = pools._replace(keep=keep)
+    pre = refine._carried(C, pools)
+    sums = (refine._segsum(x * x, pools), refine._segsum(x, pools))
+    T = y.shape[1]
+    for d, r in [(0.95, 0.75), (0.99, 0.3), (0.8, 0.0)]:
+        dt = torch.full((3,), d, dtype=torch.float64)
+        rt = torch.full((3,), r, dtype=torch.float64)
+        fast = refine._rss_ar2(dt, rt, refine._pow_sum(dt, x, pools), refine._pow_sum(rt, x, pools),
+                               pools, pre, sums).numpy()
+        k = np.arange(T)
+        h = (d ** (k + 1) - r ** (k + 1)) / (d - r)
+        direct = np.zeros(3)
+        for j in range(len(pools.end)):
+            if keep[j] == 0:
+                continue
+            n, L, last = int(pools.trace[j]), int(pools.length[j]), int(pools.end[j]) % T
+            seg = x[n, last - L + 1:last + 1].numpy()
+            h0, h1 = h[:L], np.concatenate([[0.0], h[:L - 1]])
+            g1, g2 = d + r, -d * r
+            z = seg - (g1 * pre[0, j].item() + g2 * pre[1, j].item()) * h0 - g2 * pre[0, j].item() * h1
+            A = np.stack([h0, np.ones(L)], axis=1)
+            coef = np.linalg.lstsq(A, z, rcond=None)[0]
+            direct[n] += ((z - A @ coef) ** 2).sum()
+        np.testing.assert_allclose(fast, direct, rtol=1e-8)
+
+
 def test_optimize_g_each_trace_on_its_own():
     # a trace's refitted g and spikes must not depend on the other traces of
     # the batch (each settles and stops on its own)
