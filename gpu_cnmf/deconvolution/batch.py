@@ -320,7 +320,6 @@ def _optimize_g(t32, C, S, info, G, p, optimize_g, refit_rise, s_min, sn_t, b0, 
     fixed_mask = not isinstance(support, str)     # None or the user's mask, as checked
     active = torch.arange(N, device=t32.device)
     was_quiet = torch.zeros(N, dtype=torch.bool, device=t32.device)
-    C, S, info, G = C.clone(), S.clone(), info.clone(), G.clone()
     for _ in range(N_ROUNDS if p == 2 else N_ROUNDS_AR1):
         y = t32[active]
         G_old = G[active]
