@@ -8,7 +8,7 @@ import torch
 from conftest import devices
 
 from gpu_cnmf.deconvolution import (constrained_foopsi, deconvolve_batch, estimate_noise,
-                                    estimate_time_constant)
+                                    estimate_time_constant, g_from_tau, tau_from_g)
 from gpu_cnmf.errors import ParameterError
 
 AR1 = (0.95,)
@@ -222,6 +222,31 @@ def test_s_min_thresholds():
     rss = ((y - auto.C - auto.bl[:, None]) ** 2).sum(axis=1)
     assert (rss <= 0.09 * y.shape[1] * (1 + 1e-6)).all() and (auto.s_min > 0).all()
     assert corr_rows(auto.S, s).mean() > 0.8
+
+
+def test_g_from_tau_round_trip_and_use():
+    # 1 s decay, 0.1 s rise at 30 Hz: roots exp(-1/30) and exp(-1/3)
+    g = g_from_tau(1.0, 0.1, fr=30)
+    d, r = np.exp(-1 / 30), np.exp(-1 / 3)
+    np.testing.assert_allclose(g, (d + r, -d * r), rtol=1e-12)
+    np.testing.assert_allclose(tau_from_g(g, fr=30), (1.0, 0.1), rtol=1e-9)
+    np.testing.assert_allclose(g_from_tau(0.5, fr=20), (np.exp(-0.1),), rtol=1e-12)
+    np.testing.assert_allclose(tau_from_g((np.exp(-0.1),), fr=20), (0.5, 0.0), rtol=1e-9)
+    # traces made with those time constants deconvolve with the g they give
+    y, c, s = simulate(4, 3000, g, 0.2, seed=21)
+    res = deconvolve_batch(y, p=2, g=g, sn=0.2)
+    assert corr_rows(res.S, s).mean() > 0.95 and corr_rows(res.C, c).mean() > 0.99
+
+
+@pytest.mark.parametrize("call, name", [(lambda: g_from_tau(1.0, 1.0), "tau_rise"),
+                                        (lambda: g_from_tau(-1.0), "tau_decay"),
+                                        (lambda: g_from_tau(1.0, fr=0), "fr"),
+                                        (lambda: tau_from_g((1.0, -0.5)), "complex roots"),
+                                        (lambda: tau_from_g((1.2,)), "decay root"),
+                                        (lambda: tau_from_g((0.5, 0.1, 0.1)), "1 or 2")])
+def test_tau_helpers_reject_bad_input(call, name):
+    with pytest.raises(ParameterError, match=name):
+        call()
 
 
 def test_optimize_g_corrects_a_wrong_decay():

@@ -11,6 +11,8 @@ the upward bias of the discrete time constants.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import ParameterError
@@ -132,3 +134,75 @@ def estimate_time_constant(Y, p=2, sn=None, lags=5, fudge_factor=0.96, pooled=Fa
     g = time_constants(t, p, sn, lags, fudge_factor, pooled, noise_range, noise_method,
                        max_num_samples_fft)
     return g.cpu().numpy() if is_numpy else g
+
+
+def g_from_tau(tau_decay, tau_rise=0.0, fr=30.0):
+    """AR coefficients of a transient with known time constants.
+
+    A spike's calcium decays as d**k with d = exp(-1 / (tau_decay * fr));
+    with a rise, it is proportional to d**k - r**k, r = exp(-1 / (tau_rise * fr)).
+
+    Parameters
+    ----------
+    tau_decay : float
+        Decay time constant in seconds (> 0).
+    tau_rise : float
+        Rise time constant in seconds, 0 for an instantaneous rise (AR(1));
+        otherwise 0 < tau_rise < tau_decay (AR(2)).
+    fr : float
+        Frame rate in Hz.
+
+    Returns
+    -------
+    g : tuple
+        (d,) for AR(1), (d + r, -d r) for AR(2); pass as ``g`` to
+        :func:`deconvolve_batch` with the matching ``p``.
+    """
+    fr, tau_decay, tau_rise = float(fr), float(tau_decay), float(tau_rise)
+    if not fr > 0:
+        raise ParameterError(f"fr: expected a frame rate > 0 Hz, got {fr!r}")
+    if not tau_decay > 0:
+        raise ParameterError(f"tau_decay: expected a decay time > 0 s, got {tau_decay!r}")
+    if not 0 <= tau_rise < tau_decay:
+        raise ParameterError(f"tau_rise: expected 0 (AR(1)) or a rise time in (0, tau_decay = {tau_decay}) s, "
+                             f"got {tau_rise!r}")
+    d = math.exp(-1.0 / (tau_decay * fr))
+    if tau_rise == 0:
+        return (d,)
+    r = math.exp(-1.0 / (tau_rise * fr))
+    return (d + r, -d * r)
+
+
+def tau_from_g(g, fr=30.0):
+    """Decay and rise time constants (seconds) of AR coefficients g.
+
+    Parameters
+    ----------
+    g : sequence of 1 or 2 floats
+        (g1,) or (g1, g2) as in c_t = g1 c_{t-1} + g2 c_{t-2} + s_t.
+    fr : float
+        Frame rate in Hz.
+
+    Returns
+    -------
+    (tau_decay, tau_rise) : tuple of float
+        tau_rise is 0 for AR(1) and for a zero rise root.
+    """
+    fr = float(fr)
+    if not fr > 0:
+        raise ParameterError(f"fr: expected a frame rate > 0 Hz, got {fr!r}")
+    g = [float(v) for v in g]
+    if len(g) not in (1, 2):
+        raise ParameterError(f"g: expected 1 or 2 AR coefficients, got {len(g)}")
+    g1, g2 = g[0], (g[1] if len(g) == 2 else 0.0)
+    disc = g1 * g1 + 4 * g2
+    if disc < 0:
+        raise ParameterError(f"g: {tuple(g)} has complex roots (an oscillation), no decay and rise times")
+    d, r = (g1 + math.sqrt(disc)) / 2, (g1 - math.sqrt(disc)) / 2
+    if not (0 < d < 1 and 0 <= r < 1):
+        raise ParameterError(f"g: {tuple(g)} has roots {d:.4g}, {r:.4g}; expected a decay root in (0, 1) "
+                             "and a rise root in [0, 1)")
+
+    def tau(q):
+        return 0.0 if q == 0 else -1.0 / (fr * math.log(q))
+    return tau(d), tau(r)

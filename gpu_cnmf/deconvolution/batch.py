@@ -246,9 +246,8 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
     AR(2) settings measured were ``optimize_g=True, refit_rise=False,
     lags=10, fudge_factor=0.98``, and for AR(1) ``optimize_g=True,
     s_min=-2``. AR(2) results depend most on the rise root, which a single
-    trace's autocovariance estimates poorly: where the indicator's rise time
-    is known, pass g built from it (``g1 = d + r, g2 = -d r`` with
-    ``r = exp(-1 / (tau_rise * fr))``, ``d`` likewise from the decay).
+    trace's autocovariance estimates poorly: where the indicator's time
+    constants are known, pass ``g=g_from_tau(tau_decay, tau_rise, fr)``.
     """
     _check_params(p, s_min, bas_nonneg, optimize_g, noise_range, noise_method, lags, fudge_factor)
     if not isinstance(refit_rise, (bool, np.bool_)):
