@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_cnmf.deconvolution import deconvolve_batch
+from gpu_cnmf.deconvolution import deconvolve_batch, g_from_tau
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cascade_ds14_gcamp6s.npz"
 BIN = 4
@@ -70,11 +70,11 @@ def ours(y, p, **kw):
     return deconvolve_batch(y.astype(np.float32), p=p, **kw).S
 
 
-def reference(y, p, **kw):
+def reference(y, p, g=None, **kw):
     from oasis.functions import deconvolve
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return deconvolve(y, g=(None,) * p, penalty=1, **kw)[1]
+        return deconvolve(y, g=(None,) * p if g is None else tuple(g), penalty=1, **kw)[1]
 
 
 def run(p=1, ours_kw=None, ref_kw=None, bootstrap=False):
@@ -130,6 +130,10 @@ def main():
     ap.add_argument("--refit-rise", type=int, default=1,
                     help="AR(2) with --optimize-g: 1 refit decay and rise, 0 the decay only")
     ap.add_argument("--ref-optimize-g", type=int, default=0)
+    ap.add_argument("--tau-decay", type=float, default=None,
+                    help="give both packages the same g, from this decay time (s) and --tau-rise")
+    ap.add_argument("--tau-rise", type=float, default=0.0)
+    ap.add_argument("--fr", type=float, default=60.0, help="frame rate for --tau-decay (Hz)")
     ap.add_argument("--bootstrap", action="store_true",
                     help="add each recording's block-bootstrap 95 %% interval of the difference")
     ap.add_argument("--table", default=None)
@@ -144,6 +148,11 @@ def main():
     if not a.refit_rise:
         ours_kw["refit_rise"] = False
     ref_kw = dict(optimize_g=a.ref_optimize_g)
+    if a.tau_decay is not None:
+        g = g_from_tau(a.tau_decay, a.tau_rise, a.fr)
+        if len(g) != a.p:
+            ap.error(f"--tau-rise {a.tau_rise} gives AR({len(g)}), but --p is {a.p}")
+        ours_kw["g"] = ref_kw["g"] = g
     rows = run(a.p, ours_kw, ref_kw, a.bootstrap)
     text = table(rows, a.p, ours_kw, ref_kw)
     print(text)
