@@ -93,37 +93,36 @@ def test_cpu_optimize_g(benchmark, p):
                        rounds=1, iterations=1)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and cupy_available()),
-                    reason="needs a CUDA GPU and CuPy")
-@pytest.mark.parametrize("p", [1, 2])
-def test_gpu_optimize_g(benchmark, p):
-    y = torch.from_numpy(traces(N_OPT, p)).cuda()
-    deconvolve_batch(y[:8], p=p, g=G[p], sn=SN)       # compile the kernel
-
-    def run():
-        out = deconvolve_batch(y, p=p, g=G_WRONG[p], sn=SN, optimize_g=True)
-        torch.cuda.synchronize()
-        return out
-    _extra(benchmark, N_OPT)
-    benchmark.pedantic(run, rounds=1, iterations=1)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and cupy_available()),
-                    reason="needs a CUDA GPU and CuPy")
-@pytest.mark.parametrize("p", [1, 2])
-def test_gpu_kernel(benchmark, p):
-    y = torch.from_numpy(traces(N, p)).cuda()
+def _gpu_case(benchmark, n, p, **kw):
+    """Time deconvolve_batch on n traces on the GPU (kernel compiled first)."""
+    y = torch.from_numpy(traces(n, p)).cuda()
     deconvolve_batch(y[:64], p=p, g=G[p], sn=SN)      # compile the kernel
     torch.cuda.synchronize()
 
     def run():
-        out = deconvolve_batch(y, p=p, g=G[p], sn=SN)
+        out = deconvolve_batch(y, p=p, sn=SN, **kw)
         torch.cuda.synchronize()
         return out
-    _extra(benchmark, N)
+    _extra(benchmark, n)
     benchmark.pedantic(run, rounds=1, iterations=1)
+
+
+needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and cupy_available()),
+                               reason="needs a CUDA GPU and CuPy")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("p", [1, 2])
+def test_gpu_optimize_g(benchmark, p):
+    _gpu_case(benchmark, N_OPT, p, g=G_WRONG[p], optimize_g=True)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("p", [1, 2])
+def test_gpu_kernel(benchmark, p):
+    _gpu_case(benchmark, N, p, g=G[p])
 
 
 @pytest.mark.parametrize("p", [1, 2])
