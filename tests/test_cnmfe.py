@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import devices  # noqa: F401  (documented helper; cuda case below)
 from gpu_cnmf.cnmf.corr_pnr import check_parameters, corr_pnr_images, filter_movie, \
     frame_noise, initialize_corr_pnr
 from gpu_cnmf.cnmf.ring_model import RingModel, _frames_view, cnmfe_fit, downsample_pixels, \
