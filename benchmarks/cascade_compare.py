@@ -38,10 +38,14 @@ def load(path=DATA):
     return out
 
 
+def binned(v, T, b=BIN):
+    """Sums of v over bins of b frames, the first T // b bins."""
+    n = (T // b) * b
+    return np.asarray(v[:n], float).reshape(-1, b).sum(1)
+
+
 def binned_corr(s_est, s_true, b=BIN):
-    n = (len(s_true) // b) * b
-    a = np.asarray(s_est[:n], float).reshape(-1, b).sum(1)
-    t = s_true[:n].reshape(-1, b).sum(1)
+    a, t = binned(s_est, len(s_true), b), binned(s_true, len(s_true), b)
     if a.std() == 0:
         return 0.0
     return float(np.corrcoef(a, t)[0, 1])
@@ -51,8 +55,7 @@ def bootstrap_diff(s_a, s_b, s_true, n=2000, block=150, b=BIN, seed=0):
     """95 % interval of corr(a, true) - corr(b, true) over block-bootstrap
     resamples of the binned trains (blocks of ``block`` bins, ~10 s, keep
     the slow structure of calcium and spikes)."""
-    m = (len(s_true) // b) * b
-    A, B, S = (np.asarray(v[:m], float).reshape(-1, b).sum(1) for v in (s_a, s_b, s_true))
+    A, B, S = (binned(v, len(s_true), b) for v in (s_a, s_b, s_true))
     nb = len(S) // block
     blocks = np.arange(nb * block).reshape(nb, block)
     rng = np.random.default_rng(seed)
