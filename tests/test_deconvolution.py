@@ -333,6 +333,22 @@ def test_optimize_g_ar2_decay_only():
     assert np.abs(roots[:, 0] - 0.9525).max() < 0.005
 
 
+def test_known_rise_refitted_decay_through_constrained_foopsi():
+    # the AR(2) recipe for real recordings: the indicator's rise held, the
+    # decay refitted from a poor start (0.4 s for a true 1.5 s at 30 Hz)
+    g_true = g_from_tau(1.5, 0.1, fr=30)
+    y, c, s = simulate(1, 4000, g_true, 0.2, seed=14)
+    out = constrained_foopsi(y[0], g=g_from_tau(0.4, 0.1, fr=30), sn=0.2, p=2, optimize_g=True,
+                             refit_rise=False)
+    tau_d, tau_r = tau_from_g(out[3], fr=30)
+    assert tau_r == pytest.approx(0.1, rel=1e-4)
+    assert tau_d == pytest.approx(1.5, rel=0.05)
+    assert np.corrcoef(out[5], s[0])[0, 1] > 0.9
+    # by default the rise is refitted too: from a wrong 0.3 s back to ~0.1 s
+    both = constrained_foopsi(y[0], g=g_from_tau(0.4, 0.3, fr=30), sn=0.2, p=2, optimize_g=True)
+    assert tau_from_g(both[3], fr=30)[1] == pytest.approx(0.1, abs=0.01)
+
+
 def test_optimize_g_ar2_ignores_baseline_drift():
     # sparse events (0.1 Hz at 30 Hz) on a slow drift of the size of one
     # spike: the former refit (two free amplitudes per pool) ran both roots
@@ -601,6 +617,8 @@ def test_bad_parameters():
         constrained_foopsi(y[0], method_deconvolution="mcmc")
     with pytest.raises(ParameterError, match="noise_rnage.*noise_range"):
         constrained_foopsi(y[0], noise_rnage=(0.2, 0.5))
+    with pytest.raises(ParameterError, match="refit_rise.*oasis"):
+        constrained_foopsi(y[0], g=AR2, sn=1.0, refit_rise=False, method_deconvolution="cvxpy")
 
 
 # ---------------------------------------------------------------- GPU kernel

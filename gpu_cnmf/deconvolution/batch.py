@@ -241,13 +241,20 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
 
     Notes
     -----
-    The defaults are CaImAn's. On real GCaMP6s recordings with ground-truth
-    spikes (CASCADE DS14, ~60 Hz; ``benchmarks/cascade_compare.py``) the best
-    AR(2) settings measured were ``optimize_g=True, refit_rise=False,
-    lags=10, fudge_factor=0.98``, and for AR(1) ``optimize_g=True,
-    s_min=-2``. AR(2) results depend most on the rise root, which a single
-    trace's autocovariance estimates poorly: where the indicator's time
-    constants are known, pass ``g=g_from_tau(tau_decay, tau_rise, fr)``.
+    The defaults are CaImAn's. AR(2) results depend most on the rise root,
+    which one trace's autocovariance estimates poorly; the rise is a property
+    of the indicator, the decay varies from cell to cell. On real GCaMP6s
+    recordings with ground-truth spikes (CASCADE DS14, ~60 Hz;
+    ``benchmarks/cascade_compare.py``) the best AR(2) use measured holds the
+    indicator's rise and refits the decay (any starting decay will do)::
+
+        g0 = g_from_tau(tau_decay=1.0, tau_rise=0.09, fr=60)   # GCaMP6s
+        res = deconvolve_batch(F, p=2, g=g0, optimize_g=True, refit_rise=False)
+
+    A wrong held rise drags the decay with it (on synthetic traces with a
+    0.1 s rise and 1.5 s decay, a rise held at 0.3 s gave decays of 8-11 s). Without a known
+    rise the best estimated rule was ``optimize_g=True, refit_rise=False,
+    lags=10, fudge_factor=0.98``; for AR(1), ``optimize_g=True, s_min=-2``.
     """
     _check_params(p, s_min, bas_nonneg, optimize_g, noise_range, noise_method, lags, fudge_factor)
     if not isinstance(refit_rise, (bool, np.bool_)):

@@ -30,7 +30,7 @@ def _impulse(g, T):
 def constrained_foopsi(fluor, bl=None, c1=None, g=None, sn=None, p=None, method_deconvolution="oasis",
                        bas_nonneg=True, noise_range=(0.25, 0.5), noise_method="logmexp", lags=5,
                        fudge_factor=1.0, verbosity=False, solvers=None, optimize_g=0, s_min=None,
-                       support=None, **kwargs):
+                       support=None, refit_rise=True, **kwargs):
     """Infer calcium and spikes of one trace under a noise constraint.
 
     Solves min ||s||_1 s.t. ||fluor - c - bl||^2 <= sn^2 T, s = G c >= 0
@@ -69,6 +69,9 @@ def constrained_foopsi(fluor, bl=None, c1=None, g=None, sn=None, p=None, method_
     support : {None, 'ar1', 'ar2'} or bool array (T,), optional
         Frames where spikes may occur (see deconvolve_batch); OASIS only.
         None (default): every frame.
+    refit_rise : bool
+        AR(2) with ``optimize_g``: False keeps the rise root of g and refits
+        only the decay (see deconvolve_batch); OASIS only.
 
     Returns
     -------
@@ -106,15 +109,16 @@ def constrained_foopsi(fluor, bl=None, c1=None, g=None, sn=None, p=None, method_
     g = np.asarray(g, dtype=np.float64).ravel()
     init = np.zeros(T) if c1 is None else float(c1) * _impulse(g, T)
     if method_deconvolution in ("cvxpy", "cvx"):
-        if optimize_g or s_min is not None or support is not None:
-            raise ParameterError("optimize_g / s_min / support: only supported with "
+        if optimize_g or s_min is not None or support is not None or not refit_rise:
+            raise ParameterError("optimize_g / s_min / support / refit_rise: only supported with "
                                  "method_deconvolution='oasis'")
         from .cvx import cvxpy_foopsi
         c, bl_out, sp, lam = cvxpy_foopsi(y - init, g, sn, bl, bas_nonneg, solvers)
         g_out = g
     else:
         res = deconvolve_batch(y - init, p=p, g=g if p else None, sn=sn, s_min=s_min,
-                               bas_nonneg=bas_nonneg, optimize_g=optimize_g, bl=bl, support=support)
+                               bas_nonneg=bas_nonneg, optimize_g=optimize_g, bl=bl, support=support,
+                               refit_rise=refit_rise)
         c = res.C.astype(np.float64)
         sp = res.S.astype(np.float64)
         bl_out, lam = float(res.bl), float(res.lam)
