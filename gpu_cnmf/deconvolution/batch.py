@@ -252,9 +252,10 @@ def deconvolve_batch(Y, p=2, g=None, sn=None, s_min=None, bas_nonneg=True, optim
         res = deconvolve_batch(F, p=2, g=g0, optimize_g=True, refit_rise=False)
 
     A wrong held rise drags the decay with it (on synthetic traces with a
-    0.1 s rise and 1.5 s decay, a rise held at 0.3 s gave decays of 8-11 s). Without a known
-    rise the best estimated rule was ``optimize_g=True, refit_rise=False,
-    lags=10, fudge_factor=0.98``; for AR(1), ``optimize_g=True, s_min=-2``.
+    0.1 s rise and 1.5 s decay, a rise held at 0.3 s gave decays of
+    8-11 s). Without a known rise the best estimated rule was
+    ``optimize_g=True, refit_rise=False, lags=10, fudge_factor=0.98``; for
+    AR(1), ``optimize_g=True, s_min=-2``.
     """
     _check_params(p, s_min, bas_nonneg, optimize_g, noise_range, noise_method, lags, fudge_factor)
     if not isinstance(refit_rise, (bool, np.bool_)):
