@@ -82,6 +82,9 @@ def test_cpu_twin_estimated_params(benchmark, p):
 
 # a decay that is too fast (and for AR(2) a rise that is too slow)
 G_WRONG = {1: (0.85,), 2: (1.8, -0.81)}
+# AR(2) with the true rise root (0.7475) held and a decay too fast (0.9 for
+# 0.9525): the recipe for real recordings, refit_rise=False
+G_RISE_KNOWN = (0.9 + 0.7475, -0.9 * 0.7475)
 
 
 @pytest.mark.parametrize("p", [1, 2])
@@ -90,6 +93,15 @@ def test_cpu_optimize_g(benchmark, p):
     deconvolve_batch(y[:4], p=p, g=G[p], sn=SN)       # compile / load the cache
     _extra(benchmark, N_OPT)
     benchmark.pedantic(deconvolve_batch, args=(y,), kwargs=dict(p=p, g=G_WRONG[p], sn=SN, optimize_g=True),
+                       rounds=1, iterations=1)
+
+
+def test_cpu_optimize_g_decay_only(benchmark):
+    y = traces(N_OPT, 2)
+    deconvolve_batch(y[:4], p=2, g=G[2], sn=SN)       # compile / load the cache
+    _extra(benchmark, N_OPT)
+    benchmark.pedantic(deconvolve_batch, args=(y,),
+                       kwargs=dict(p=2, g=G_RISE_KNOWN, sn=SN, optimize_g=True, refit_rise=False),
                        rounds=1, iterations=1)
 
 
@@ -116,6 +128,12 @@ needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and cupy_available
 @pytest.mark.parametrize("p", [1, 2])
 def test_gpu_optimize_g(benchmark, p):
     _gpu_case(benchmark, N_OPT, p, g=G_WRONG[p], optimize_g=True)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_optimize_g_decay_only(benchmark):
+    _gpu_case(benchmark, N_OPT, 2, g=G_RISE_KNOWN, optimize_g=True, refit_rise=False)
 
 
 @pytest.mark.gpu
