@@ -1,0 +1,1 @@
+"""CaImAn-compatible ``caiman.source_extraction.cnmf`` namespace."""

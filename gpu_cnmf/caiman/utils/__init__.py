@@ -1,0 +1,1 @@
+"""CaImAn-compatible ``caiman.utils`` namespace."""
