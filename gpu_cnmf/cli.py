@@ -59,7 +59,15 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ring-cnn", dest="ring_cnn", action="store_true",
                      help="one-photon movies: subtract a Ring-CNN background (ring_CNN "
                           "parameters) after motion correction, before CNMF")
+    run.add_argument("--memory-limit", default=None, metavar="SIZE",
+                     help="cap on host memory apart from the results, e.g. 4GB or 512MiB "
+                          "(patch.memory_limit; default: from what the machine has)")
+    run.add_argument("--device-memory-limit", default=None, metavar="SIZE",
+                     help="GPU memory the stages may plan to use, e.g. 8GB "
+                          "(patch.device_memory_limit)")
     run.add_argument("--quiet", action="store_true", help="no per-stage progress on stderr")
+    run.add_argument("--log-file", default=None, metavar="PATH",
+                     help="also write the progress log lines to this file")
 
     report = sub.add_parser("report", help="draw contours and traces of a results file (PNG)")
     report.add_argument("results", metavar="RESULTS.HDF5")
@@ -68,6 +76,34 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--n-traces", type=int, default=10,
                         help="how many traces to draw, highest SNR first (default 10)")
     return parser
+
+
+def _configure_logging(quiet: bool, log_file=None) -> None:
+    """Send the ``gpu_cnmf`` logger's lines (progress every 10 %, stage notes)
+    to stderr, and to ``log_file``, so a batch job's log shows where it is.
+
+    Only when the application has not configured logging itself.
+    """
+    import logging
+
+    from .errors import ParameterError
+
+    log = logging.getLogger("gpu_cnmf")
+    fmt = logging.Formatter("%(asctime)s gpu-cnmf %(levelname)s %(message)s", "%H:%M:%S")
+    handlers = []
+    if not quiet and not logging.getLogger().handlers and not log.handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if log_file is not None:
+        try:
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as err:
+            raise ParameterError(f"--log-file {log_file}: cannot write it ({err.strerror})") \
+                from err
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    if handlers:
+        log.setLevel(logging.INFO)
 
 
 def _run(args) -> int:
@@ -79,6 +115,11 @@ def _run(args) -> int:
     params = load_params_file(args.params) if args.params else CNMFParams()
     if args.use_cuda:
         params.change_params({"motion": {"use_cuda": True}})
+    for flag, key in ((args.memory_limit, "memory_limit"),
+                      (args.device_memory_limit, "device_memory_limit")):
+        if flag is not None:
+            params.change_params({"patch": {key: flag}})
+    _configure_logging(quiet=args.quiet, log_file=args.log_file)
     out = args.out
     if out is None:
         first = Path(args.movies[0])

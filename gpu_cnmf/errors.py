@@ -24,6 +24,11 @@ class DeviceError(GpuCnmfError, RuntimeError):
     """The requested device cannot be used (no GPU, out of memory)."""
 
 
+class MemoryBudgetError(ParameterError):
+    """The memory budget cannot hold even one chunk of a stage; raised before
+    any work starts, naming the budget and the minimum the stage needs."""
+
+
 class OptionalDependencyError(GpuCnmfError, ImportError):
     """An optional extra (``gpu_cnmf[formats]``, ``gpu_cnmf[report]``) is
     needed for this feature and is not installed."""

@@ -145,6 +145,15 @@ def _seq(elem, lengths=(2, 3), none=False, scalar=False, check=None):
     return _Rule(("a value or " if scalar else "") + desc, type_ok, value_ok, none)
 
 
+def _size_ok(v):
+    from .backend import parse_bytes
+    try:
+        parse_bytes(v)
+    except ParameterError:
+        return False
+    return True
+
+
 def _instance(types, desc, none=True):
     return _Rule(desc, lambda v: isinstance(v, types), none=none)
 
@@ -159,6 +168,8 @@ _FRACTION = _num(0, 1)
 _P_ORDER = _int(0, 2)
 _NOISE_RANGE = _seq(_num(0, 1), lengths=(2,), check=lambda v: v[0] < v[1])
 _NOISE_METHOD = _enum("mean", "median", "logmexp")
+_SIZE = _Rule("a size in bytes (a positive number or a string such as '4GB')",
+              lambda v: isinstance(v, str) or _is_num(v), lambda v: _size_ok(v), none=True)
 _NB = _int(-1)          # >0 global components, 0 ring model (CNMF-E), -1 full rank
 _SPLITS = _seq(_int(1, none=True), lengths=None, none=True, scalar=True)
 
@@ -195,6 +206,10 @@ GROUPS = {
         "p_ssub": (2, _num(1)),
         "p_tsub": (2, _num(1)),
         "memory_fact": (1, _num(0, lo_open=True)),
+        # gpu_cnmf: caps on memory (bytes or '4GB'); None: from what the machine has
+        # (gpu_cnmf.backend: host_budget, device_budget)
+        "memory_limit": (None, _SIZE),
+        "device_memory_limit": (None, _SIZE),
         "n_processes": (1, _int(1, none=True)),            # CaImAn default; None: all cores
         "in_memory": (True, _bool()),
     },
@@ -349,6 +364,10 @@ GROUPS = {
         "reuse_model": (False, _bool()),
     },
 }
+
+# Parameters gpu_cnmf adds to CaImAn's (group, name): not in CaImAn's table,
+# ignored by CaImAn if a JSON file with them is read there.
+EXTENSIONS = {("patch", "memory_limit"), ("patch", "device_memory_limit")}
 
 # Flat name -> groups holding it (several for the shared parameters).
 _OWNERS: dict[str, list[str]] = {}

@@ -20,6 +20,7 @@ motion correction its own progress bars) on stderr; the returned
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -327,7 +328,12 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     n_proc = int(n_processes or params.patch["n_processes"] or 1)
     kept: list[str] = []
     mc = None
+    limits = contextlib.ExitStack()
     try:
+        # the budgets every stage sizes its chunks from (backend.host_budget)
+        limits.enter_context(backend.memory_limits(params.patch["memory_limit"],
+                                                   params.patch["device_memory_limit"],
+                                                   device))
         def motion():
             m = MotionCorrect(paths, var_name_hdf5=params.data["var_name_hdf5"],
                               base_name=str(base_dir / stem), progress=progress,
@@ -393,6 +399,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         stages.run("save", save_results, out_path, run_params, est.to_dict(),
                    motion=_motion_dict(mc), extra=extra)
     finally:
+        limits.close()
         if mc is not None and hasattr(mc, "source"):
             mc.source.close()
         if tmp_dir is not None:
