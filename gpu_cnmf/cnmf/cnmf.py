@@ -108,13 +108,17 @@ class CNMF:
     Parameters
     ----------
     n_processes : int
-        Worker processes for patches on the CPU.
+        How many patches are fitted at once on the CPU (threads sharing the
+        cores; see :mod:`gpu_cnmf.cnmf.dispatch`). No ``__main__`` guard
+        is needed.
     params : CNMFParams, optional
         All parameters; when None, CaImAn's legacy keywords (``k``,
         ``gSig``, ``merge_thresh``, ``p``, ``rf``, ...) build one.
     dview : object, optional
-        Accepted for CaImAn compatibility (ipyparallel/multiprocessing
-        pools are not needed here) and ignored.
+        Where the patches run: a ``dask.distributed.Client`` (each worker
+        reads its patch from the memory map by path, which must be on a
+        filesystem the workers share), or a ``multiprocessing`` pool /
+        ipyparallel view as CaImAn users pass; None fits them here.
     Ain : array (pixels x K) or sparse, optional
         Footprints (masks) to start from: seeded CNMF.
     Cin, b_in, f_in : arrays, optional
@@ -183,7 +187,8 @@ class CNMF:
                 raise ParameterError("indices: not supported together with patches (rf); "
                                      "crop the movie instead")
             n_proc = self.n_processes if self.n_processes > 1 else int(P["n_processes"] or 1)
-            model = fit_patches(images, cfg, device, n_processes=n_proc, mm_full=mm)
+            model = fit_patches(images, cfg, device, n_processes=n_proc, mm_full=mm,
+                                dview=self.dview)
             model.timings["patches"] = time.perf_counter() - t_start
         else:
             Ain_t = None

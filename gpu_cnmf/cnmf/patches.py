@@ -4,8 +4,10 @@ The field of view is cut into squares of side ``2 * rf`` that overlap by
 ``stride`` pixels. Each patch is fitted on its own (``K`` components and
 ``nb_patch`` local background components, AR order ``p_patch``,
 downsampling ``p_ssub``/``p_tsub``, only initialisation when ``only_init``),
-in parallel processes on the CPU when ``n_processes > 1``, one after the
-other on a GPU, where each patch already fills the device with batched work.
+``n_processes`` at a time on the CPU (threads sharing the cores), one after
+the other on a GPU, where each patch already fills the device with batched
+work, or on the workers of a Dask cluster (``dview``); see
+:mod:`.dispatch`, the one place patches are mapped.
 Components from all patches are then placed in the full field of view
 (pixels within ``border_pix`` of the edge cleared), neurons found twice in
 an overlap are merged (or, with ``del_duplicates``, the copy from the patch
@@ -17,15 +19,14 @@ the whole movie with the full AR order.
 from __future__ import annotations
 
 import copy
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ParameterError
 from .background import compress_background
+from .dispatch import MovieHandle, map_patches, movie_handle
 from .engine import Model, fit_fov, merge_step, model_from_numpy, model_to_numpy, temporal_step
 from .products import MovieMatrix, Region
 from .spatial import update_background
@@ -128,57 +129,53 @@ def _fit_one(mm, cfg, pcfg):
     return model
 
 
-def _worker(arr, dims, cfg, pcfg):
-    torch.set_num_threads(1)
-    mm = MovieMatrix(arr, "cpu", dims=dims)
-    return model_to_numpy(_fit_one(mm, cfg, pcfg))
+@dataclass(frozen=True)
+class PatchTask:
+    """One patch's work, small enough to send to another process: the movie
+    by reference, the patch's rectangle and the configuration."""
+
+    movie: MovieHandle
+    region: Region
+    cfg: dict
+    pcfg: dict
+    device: str
+    block: int
 
 
-def _progress(total, iterable=None):
-    """A bar over the patches, shown on terminals only (tqdm's disable=None),
-    so logs and tests stay quiet."""
-    return tqdm(iterable, total=total, desc="CNMF patches", unit="patch", disable=None,
-                leave=False)
+def _worker(task):
+    """Fit one patch (see :class:`PatchTask`); host arrays of its model."""
+    src, dims = task.movie.open()
+    P = task.cfg["patch"]
+    r, device = task.region, torch.device(task.device)
+    kw = dict(block_pixels=task.block, memory_fact=P["memory_fact"])
+    if P["in_memory"]:
+        sub = MovieMatrix(src, "cpu", region=r, dims=dims)
+        arr = np.ascontiguousarray(sub._host_block(0, r.dims[1]), dtype=np.float32)
+        mm = MovieMatrix(arr, device, dims=r.dims, **kw)
+    else:
+        mm = MovieMatrix(src, device, region=r, dims=dims, **kw)
+    model = _fit_one(mm, task.cfg, task.pcfg)
+    mm.release()
+    return model_to_numpy(model)
 
 
-def _patch_models(images, regions, cfg, device, n_processes):
-    P, sp = cfg["patch"], cfg["spatial"]
+def _patch_models(images, regions, cfg, device, n_processes, dview=None):
+    """Fit every patch via :func:`~.dispatch.map_patches`; models on ``device``."""
+    sp = cfg["spatial"]
     pcfg = patch_config(cfg)
     block = int(sp["block_size"]) * int(sp["num_blocks_per_run"])
-    full = MovieMatrix(images, "cpu", block_pixels=block)
-    if n_processes > 1 and device.type == "cpu" and len(regions) > 1:
-        ctx = mp.get_context("spawn")
-        out = [None] * len(regions)
-        with ProcessPoolExecutor(max_workers=int(n_processes), mp_context=ctx) as ex, \
-                _progress(len(regions)) as bar:
-            pending = {}
-            for i, r in enumerate(regions):
-                sub = MovieMatrix(full._src if full.layout == "pixels" else images, "cpu",
-                                  region=r, dims=full.full_dims if full.layout == "pixels" else None)
-                arr = np.ascontiguousarray(sub._host_block(0, r.dims[1]), dtype=np.float32)
-                pending[ex.submit(_worker, arr, r.dims, cfg, pcfg)] = i
-                if len(pending) >= 2 * n_processes:
-                    done = next(iter(pending))
-                    out[pending.pop(done)] = model_from_numpy(done.result(), device)
-                    bar.update()
-            for fut, i in pending.items():
-                out[i] = model_from_numpy(fut.result(), device)
-                bar.update()
-        return out
-    models = []
-    for r in _progress(len(regions), regions):
-        src_dims = full.full_dims if full.layout == "pixels" else None
-        src = full._src if full.layout == "pixels" else images
-        if P["in_memory"]:
-            sub = MovieMatrix(src, "cpu", region=r, dims=src_dims)
-            arr = np.ascontiguousarray(sub._host_block(0, r.dims[1]), dtype=np.float32)
-            mm = MovieMatrix(arr, device, dims=r.dims, block_pixels=block,
-                             memory_fact=P["memory_fact"])
-        else:
-            mm = MovieMatrix(src, device, region=r, dims=src_dims, block_pixels=block,
-                             memory_fact=P["memory_fact"])
-        models.append(_fit_one(mm, cfg, pcfg))
-    return models
+    if device.type != "cpu":
+        n_processes = 1
+    handle = movie_handle(images, by_path=dview is not None)
+    # patches on a cluster run on the workers' own device
+    dev = device.type if dview is not None else str(device)
+    tasks = [PatchTask(handle, r, cfg, pcfg, dev, block) for r in regions]
+    try:
+        out = map_patches(_worker, tasks, n_processes=n_processes, dview=dview,
+                          desc="CNMF patches")
+    finally:
+        handle.cleanup()
+    return [model_from_numpy(m, device) for m in out]
 
 
 def _delete_duplicates(model, patch_id, centrality, thr=0.5):
@@ -197,7 +194,7 @@ def _delete_duplicates(model, patch_id, centrality, thr=0.5):
     return keep
 
 
-def fit_patches(images, cfg, device, n_processes=1, mm_full=None):
+def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
     """Patch-wise CNMF of the whole movie; see the module docstring.
 
     Parameters
@@ -208,6 +205,8 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None):
     n_processes : int
     mm_full : MovieMatrix, optional
         The full movie on ``device`` (made here when not given).
+    dview : dask.distributed.Client or pool, optional
+        Where the patches run (see :func:`~.dispatch.map_patches`).
 
     Returns
     -------
@@ -218,7 +217,7 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None):
     d1, d2 = mm.dims
     d, T = mm.d, mm.T
     regions = patch_regions((d1, d2), P["rf"], P["stride"])
-    models = _patch_models(images, regions, cfg, device, n_processes)
+    models = _patch_models(images, regions, cfg, device, n_processes, dview=dview)
     Ks = [m.K for m in models]
     nbs = [m.b.shape[1] for m in models]
     Ktot, NB = int(sum(Ks)), int(sum(nbs))
