@@ -32,3 +32,9 @@ class MemoryBudgetError(ParameterError):
 class OptionalDependencyError(GpuCnmfError, ImportError):
     """An optional extra (``gpu_cnmf[formats]``, ``gpu_cnmf[report]``) is
     needed for this feature and is not installed."""
+
+
+class MotionWarning(UserWarning):
+    """Motion correction finished but its result is suspect, e.g. many
+    frames needed more than ``max_shifts`` (``warnings.simplefilter`` can
+    silence or escalate it by this class)."""

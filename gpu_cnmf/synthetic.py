@@ -527,7 +527,8 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
                keep_clean: Optional[bool] = None, resting: Optional[float] = None,
                resting_spread: float = 0.3, nucleus: Optional[float] = None,
                n_silent: Optional[int] = None, n_vessels: Optional[int] = None,
-               vessel_depth: Optional[float] = None):
+               vessel_depth: Optional[float] = None, motion_timescale: float = 2.0,
+               motion_jitter: float = 0.1):
     """Simulate a calcium-imaging movie and its ground truth.
 
     Parameters
@@ -594,6 +595,16 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         'gaussian' draws shot noise from its normal approximation (fast,
         accurate for the photon counts of the defaults); 'poisson' draws
         exact Poisson counts.
+    motion_timescale : float
+        Time scale (s) of the rigid random walk (default 2). Tens of seconds
+        make a slow wander: the sample drifts across the whole ``+-max_shift``
+        range and dwells away from its starting position for long stretches,
+        as in long recordings where the brain settles or swells — the case
+        that tests whether the motion template sits at the centre of the
+        motion rather than where the first frames happen to be.
+    motion_jitter : float
+        Frame-to-frame jitter of the rigid motion as a fraction of
+        ``max_shift`` (default 0.1).
     nonrigid_amplitude : float
         Non-rigid part of the displacement (default 0.4 max_shift); the
         rigid part gets the rest of ``max_shift``.
@@ -661,6 +672,9 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     margin = gSig if margin is None else margin
     if nonrigid_amplitude is None:
         nonrigid_amplitude = 0.4 * max_shift
+    if motion_timescale <= 0 or not 0 <= motion_jitter < 1:
+        raise ParameterError(f"motion_timescale > 0 and 0 <= motion_jitter < 1 expected, got "
+                             f"{motion_timescale}, {motion_jitter}")
     if not 0 <= nonrigid_amplitude <= max_shift:
         raise ParameterError(f"nonrigid_amplitude: expected in [0, max_shift], got "
                              f"{nonrigid_amplitude}")
@@ -777,7 +791,8 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     shifts = np.zeros((T, 2))
     wfield = None
     if motion == "rigid":
-        shifts = rigid_trajectory(rng_mo, T, fr, max_shift)
+        shifts = rigid_trajectory(rng_mo, T, fr, max_shift, jitter=motion_jitter,
+                                  timescale=motion_timescale)
     elif motion == "nonrigid":
         wfield = _NonrigidField(rng_mo, T, fr, dims, max_shift, nonrigid_amplitude)
     flow = np.zeros((T, 2) + dims, np.float32) if motion == "nonrigid" else None

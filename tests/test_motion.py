@@ -434,3 +434,51 @@ def test_pw_rigid_target_on_2p_movie():
                        overlaps=(24, 24), progress=False).motion_correct()
     field = np.asarray(mc.dense_field())
     assert registration_error(tr.flow, field, crop=16, subtract_mean=True) <= 0.3
+
+
+# ------------------------------------------------- template at the centre
+def _wander_movie(seed=2):
+    # slow wander over +-7 px (20 s random walk, small jitter), skewed so the
+    # movie's typical position is ~2 px off the walk's mean
+    return make_movie("2p", dims=(128, 128), n_frames=1500, n_neurons=30, motion="rigid",
+                      max_shift=7, motion_timescale=20.0, motion_jitter=0.05, seed=seed,
+                      keep_clean=False)
+
+
+def test_template_centred_on_wandering_motion_and_bound_warning():
+    from gpu_cnmf.errors import MotionWarning
+    mov, tr = _wander_movie()
+    s = tr.shifts.astype(np.float64)
+    med = np.median(s, 0)
+    assert np.abs(med).max() > 1.5       # the case where the centre matters
+    with pytest.warns(MotionWarning) as rec:
+        mc = MotionCorrect(mov, max_shifts=(6, 6), progress=False).motion_correct()
+    est = mc.shifts_rig
+    # the template sits at the typical position: shifts relative to it are
+    # the true ones minus their median (before: 1.8 px off on this movie)
+    assert np.abs(np.median(est, 0)).max() < 0.3
+    err = np.abs(est - (s - med)).max(1)
+    excess = np.clip(np.abs(s - med) - 6, 0, None).max(1)
+    assert np.all(err <= excess + 1.0)
+    # frames at the bound are counted, exposed and named in the warning
+    beyond = int((excess > 0.05).sum())
+    assert beyond > 100
+    assert abs(mc.frames_at_bound - beyond) <= 0.1 * beyond
+    msg = str(rec[0].message)
+    T = len(s)
+    assert f"{mc.frames_at_bound} of {T} frames" in msg
+    assert f"{100 * mc.frames_at_bound / T:.1f} %" in msg
+    need = np.ceil(np.abs(s - med).max(0))
+    assert all(n >= v for n, v in zip(mc.max_shifts_needed, need))
+    assert all(n <= v + 3 for n, v in zip(mc.max_shifts_needed, need))
+    assert f"max_shifts={mc.max_shifts_needed}" in msg
+
+
+def test_no_bound_warning_within_max_shifts(rigid_movie):
+    import warnings
+    from gpu_cnmf.errors import MotionWarning
+    mov, tr = rigid_movie          # motion within +-5 px, window +-8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MotionWarning)
+        mc = MotionCorrect(mov, max_shifts=(8, 8), progress=False).motion_correct()
+    assert mc.frames_at_bound == 0 and mc.max_shifts_needed is None

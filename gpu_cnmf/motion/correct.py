@@ -13,18 +13,19 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
 from .. import backend
-from ..errors import MovieError, ParameterError
+from ..errors import MotionWarning, MovieError, ParameterError
 from ..io import MemmapWriter, open_movie
 from . import piecewise as pw
 from .registration import bandpass_response, highpass_spectrum, make_plan, \
     register_translation
-from .template import combine_templates, crispness, frame_correlations, split_ranges, \
-    subset_splits
+from .template import at_bound, central_shift, combine_templates, covering_shifts, \
+    crispness, frame_correlations, search_window, split_ranges, subset_splits
 from .warp import shift_rigid_cubic, shift_rigid_fft, warp_field, warp_field_fft_blocks
 
 __all__ = ["MotionCorrect"]
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 # fit's bias on the sharper (less low-passed) peaks of SIGMA_LO = 1 px.
 _UPSAMPLE = 10
 _INIT_FRAMES = 200      # frames sampled for the initial template
-_INIT_ITER = 2
+_INIT_ITER = 2          # at least this many centring iterations
+_INIT_ITER_MAX = 5      # at most (the median shift is then ~0)
 
 
 def _pair(v, nd, name):
@@ -61,7 +63,16 @@ class MotionCorrect:
     ``pw_rigid``, ``total_template_rig``, ``total_template_els``,
     ``templates_rig``, ``templates_els``, ``mmap_file``, ``min_mov``,
     ``correlations`` (per-frame correlation with the final template),
-    ``crispness`` (of the corrected mean image).
+    ``crispness`` (of the corrected mean image), ``frames_at_bound`` (frames
+    whose rigid shift reached ``max_shifts``: registered only up to it; a
+    :class:`~gpu_cnmf.errors.MotionWarning` then names their share and
+    ``max_shifts_needed``, a bound that would cover them).
+
+    The initial template sits at the centre of the motion: it is built
+    from frames spread over the whole recording and shifted until the
+    median of their shifts is zero, so ``+-max_shifts`` covers the motion
+    around the movie's typical position (not around wherever the first
+    frames or a blurred median happen to lie).
     """
 
     def __init__(self, fname, min_mov=None, dview=None, max_shifts=(6, 6), niter_rig=1,
@@ -120,6 +131,8 @@ class MotionCorrect:
         self.shifts_rig = None
         self.templates_rig, self.templates_els = [], []
         self.total_template_rig = self.total_template_els = None
+        self.frames_at_bound = None
+        self.max_shifts_needed = None
 
     # ------------------------------------------------------------------ setup
     def _crop_dims(self):
@@ -345,22 +358,97 @@ class MotionCorrect:
             keep[start:start + a.shape[0]] = a
 
     # --------------------------------------------------------- templates
+    def _register_wide(self, x, ctx, window):
+        """Rigid shifts of frames ``x`` within ``+-window`` (wider than
+        ``max_shifts``) and their spectra when they can serve the Fourier
+        warp."""
+        xe = x if ctx["full"] else x[(slice(None),) + self.indices]
+        S, Sc = ctx["plan"].spectra(xe)
+        rig = register_translation(Sc, ctx["plan"], window, upsample_factor=_UPSAMPLE,
+                                   cropped=True)
+        return rig, (S if ctx["full"] else None)
+
     def _initial_template(self, pwr=False):
-        """Median of frames spread through the movie, then refined by
-        registering those frames to it and averaging (Fourier shifts that
-        reuse the registration's spectra: no extra forward FFT)."""
+        """Template at the centre of the motion.
+
+        Starts from the median of frames spread through the whole movie,
+        then registers those frames to it within a window wider than
+        ``max_shifts`` (:func:`search_window`, so that wandering motion is
+        measured rather than clipped) and averages them aligned to the
+        frame at the median shift: the template moves to the movie's
+        typical position, where the ``+-max_shifts`` window of the passes
+        covers the motion on both sides. Repeated until the median shift
+        is within 0.1 px of zero (Fourier shifts that reuse the
+        registration's spectra: no extra forward FFT).
+        """
         T = self.source.n_frames
         idx = np.unique(np.linspace(0, T - 1, min(T, _INIT_FRAMES)).astype(int))
         x = self._to_device(np.stack([self.source.read(i, i + 1)[0] for i in idx]), {})
         templ = torch.median(x, dim=0).values
         full = self._crop_dims() == self.dims
-        for _ in range(_INIT_ITER):
+        window = search_window(self.max_shifts, self._crop_dims())
+        moved = torch.zeros(self.ndim, device=x.device)
+        for it in range(_INIT_ITER_MAX):
             ctx = self._prepare(templ.cpu().numpy(), False)
-            rig, _, spec = self._estimate(x, ctx, False)
+            rig, spec = self._register_wide(x, ctx, window)
+            med = central_shift(rig)
+            moved += med
             # wrapped borders (border_nan=False) are a few px of the
             # template and save the replicate gathers
-            templ = shift_rigid_fft(x, rig, False, spectra=spec if full else None).mean(0)
+            templ = shift_rigid_fft(x, rig - med, False, spectra=spec if full else None).mean(0)
+            if it + 1 >= _INIT_ITER and float(med.abs().max()) < 0.1:
+                break
+        log.info("motion template: centred on the median of %d frames' shifts (moved %s px "
+                 "from their first alignment)", len(idx),
+                 tuple(round(float(v), 2) for v in moved))
         return templ
+
+    def _recentre(self, templ, shifts):
+        """Shift a pass's template so that the median of the frames' shifts
+        to it becomes zero (only when it is off by half a pixel or more:
+        the template of a pass sits where its predecessor did, unless
+        frames clipped at ``max_shifts`` pulled it)."""
+        med = central_shift(torch.as_tensor(shifts))
+        if float(med.abs().max()) < 0.5:
+            return templ
+        t = torch.as_tensor(templ, dtype=torch.float32)
+        fill = float(torch.nanmean(t)) if torch.isfinite(t).any() else 0.0
+        t = torch.nan_to_num(t, nan=fill)
+        return shift_rigid_fft(t[None], -med[None].to(t.device), False)[0]
+
+    def _check_bound(self, templ):
+        """Count the frames whose rigid shift hit ``max_shifts``; re-measure
+        (up to 256 of) them within a wider window against the template the
+        pass used, and warn naming the share and a ``max_shifts`` that
+        would cover them. Sets ``frames_at_bound`` and
+        ``max_shifts_needed`` (None when no frame hit the bound)."""
+        hit = at_bound(self.shifts_rig, self.max_shifts)
+        T = len(hit)
+        self.frames_at_bound = int(hit.sum())
+        self.max_shifts_needed = None
+        if not self.frames_at_bound:
+            return
+        which = np.nonzero(hit)[0]
+        which = which[np.unique(np.linspace(0, len(which) - 1, min(len(which), 256))
+                                .round().astype(int))]
+        ctx = self._prepare(np.asarray(templ), False)
+        window = search_window(self.max_shifts, self._crop_dims())
+        wide = []
+        for k in range(0, len(which), 64):
+            sel = which[k:k + 64]
+            x = self._to_device(np.stack([self.source.read(i, i + 1)[0] for i in sel]), {})
+            wide.append(self._register_wide(x, ctx, window)[0].cpu().numpy())
+        wide = np.concatenate(wide)
+        need = tuple(max(a, b) for a, b in zip(covering_shifts(wide), self.max_shifts))
+        beyond = at_bound(wide, window).any()
+        self.max_shifts_needed = need
+        cover = (f"the motion exceeds even +-{window} px (check the recording)" if beyond
+                 else f"max_shifts={need} would cover them")
+        msg = (f"motion correction: {self.frames_at_bound} of {T} frames "
+               f"({100.0 * self.frames_at_bound / max(T, 1):.1f} %) needed a shift at the "
+               f"max_shifts={self.max_shifts} bound and are registered only up to it; {cover}")
+        log.warning(msg)
+        warnings.warn(msg, MotionWarning, stacklevel=3)
 
     def _gather_shifts(self, out):
         out = sorted(out, key=lambda r: r[0])
@@ -422,12 +510,16 @@ class MotionCorrect:
         for it in range(self.niter_rig):
             last = it == self.niter_rig - 1
             use = ranges if last else subset_splits(ranges, self.num_splits_to_process_rig)
+            used = templ
             rig, _, templ = self._pass_to_file(
                 templ, False, use, "rig" if (last and save_movie) else None,
                 keep=out if last else None, desc=f"rigid {it + 1}/{self.niter_rig}")
+            if not last:
+                templ = self._recentre(templ, self._gather_shifts(rig))
             self.templates_rig.append(templ.cpu().numpy())
         self.shifts_rig = self._gather_shifts(rig)
         self.total_template_rig = templ.cpu().numpy()
+        self._check_bound(used.cpu().numpy())
         return self
 
     def motion_correct_pwrigid(self, template=None, save_movie=True, out=None):
@@ -446,11 +538,13 @@ class MotionCorrect:
         for it, num in enumerate(plan):
             last = it == len(plan) - 1
             use = ranges if last else subset_splits(ranges, num)
+            used = templ
             rig, ps, templ = self._pass_to_file(
                 templ, True, use, "els" if (last and save_movie) else None,
                 keep=out if last else None, desc=f"pw-rigid {it + 1}/{len(plan)}")
             self.templates_els.append(templ.cpu().numpy())
         self.shifts_rig = self._gather_shifts(rig)
+        self._check_bound(used.cpu().numpy())
         shifts = self._gather_shifts(ps).reshape(T, -1, self.ndim)
         self.y_shifts_els = shifts[..., 0]
         self.x_shifts_els = shifts[..., 1]

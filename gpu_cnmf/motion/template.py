@@ -5,7 +5,13 @@ import numpy as np
 import torch
 
 __all__ = ["split_ranges", "subset_splits", "combine_templates", "crispness",
-           "frame_correlations"]
+           "frame_correlations", "search_window", "central_shift", "at_bound",
+           "covering_shifts"]
+
+# A shift within this distance (px) of the edge of the search window was
+# clipped there (the registration clamps to the window; a free optimum that
+# close to the edge is rare and would be flagged correctly anyway).
+_BOUND_TOL = 0.05
 
 
 def split_ranges(n_frames: int, splits: int, num_frames_split: int | None = None
@@ -69,3 +75,39 @@ def frame_correlations(frames: torch.Tensor, template: torch.Tensor) -> torch.Te
     den = torch.sqrt((fc * fc).sum(1) * (tc * tc).sum(1)).clamp(min=1e-20)
     del nd
     return num / den
+
+
+def search_window(max_shifts, dims) -> tuple[int, ...]:
+    """Wider search window for measuring the motion itself.
+
+    Templates are built and checked with ``max(2 m, m + 8)`` px per axis,
+    capped at a third of the frame, so that motion beyond the user's
+    ``max_shifts`` (chosen from a few frames) is measured rather than
+    clipped. Registration is only trusted while the frame and template
+    still overlap by most of their area, hence the cap.
+    """
+    return tuple(max(int(m), min(max(2 * int(m), int(m) + 8), (int(d) - 1) // 3))
+                 for m, d in zip(max_shifts, dims))
+
+
+def central_shift(shifts: torch.Tensor) -> torch.Tensor:
+    """Per-axis median of shifts ``(n, ndim)``: the typical position of the
+    movie relative to the template (CaImAn's NoRMCorre templates sit where
+    the frames they average happen to be; the median is robust to the
+    frames that stray furthest)."""
+    return torch.median(shifts.float(), dim=0).values
+
+
+def at_bound(shifts: np.ndarray, max_shifts) -> np.ndarray:
+    """Boolean ``(T,)``: frames whose shift reached the search window's edge
+    on any axis (their true motion may be larger)."""
+    s = np.abs(np.asarray(shifts, dtype=np.float64))
+    lim = np.asarray([float(m) for m in max_shifts])
+    return np.any(s >= lim - _BOUND_TOL, axis=1)
+
+
+def covering_shifts(shifts: np.ndarray, margin: int = 1) -> tuple[int, ...]:
+    """Smallest integer ``max_shifts`` covering ``|shifts|`` (per axis) with
+    ``margin`` px to spare."""
+    s = np.abs(np.asarray(shifts, dtype=np.float64)).reshape(-1, np.shape(shifts)[-1])
+    return tuple(int(np.ceil(v - _BOUND_TOL)) + int(margin) for v in s.max(0))
