@@ -5,7 +5,10 @@
   a line per stage on stderr and a closing summary on stdout;
 - ``gpu-cnmf report r.hdf5 [--out-dir DIR]``: contour and trace pictures
   (:func:`gpu_cnmf.report.write_report`), their paths on stdout;
-- ``gpu-cnmf demo``: a synthetic movie with known truth, scored stage by stage.
+- ``gpu-cnmf demo``: a synthetic movie with known truth, scored stage by stage;
+- ``gpu-cnmf bench [--device cpu|cuda|both] [--quick] [--budget S] [--out DIR]``:
+  every stage timed on a synthetic movie, CPU against GPU, against the
+  measured memory, PCIe and disk speeds (:mod:`gpu_cnmf.bench`).
 
 User mistakes (a missing file, a bad parameter, no GPU) print one line on
 stderr and exit with status 2; nothing else is caught, so real bugs keep
@@ -75,6 +78,11 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="folder for the pictures (default: next to the results file)")
     report.add_argument("--n-traces", type=int, default=10,
                         help="how many traces to draw, highest SNR first (default 10)")
+    bench = sub.add_parser(
+        "bench", help="time every stage on a synthetic 512x512 movie (CPU and/or GPU), "
+                      "against the hardware's limits; a Markdown table and JSON")
+    from .bench import add_arguments as _bench_arguments
+    _bench_arguments(bench)
     return parser
 
 
@@ -151,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "bench":
+            from .bench import main_from_args
+            return main_from_args(args)
     except GpuCnmfError as err:
         print(f"gpu-cnmf: error: {err}", file=sys.stderr)
         return 2
