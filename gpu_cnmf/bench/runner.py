@@ -121,7 +121,12 @@ def resolve_devices(device: str, log) -> tuple[list[str], str | None]:
 
 
 def _tests_dir() -> Path | None:
-    """The repository's tests/ (a source checkout or the Docker image)."""
+    """The repository's tests/: ``$GPU_CNMF_TESTS`` (the Docker image sets
+    it), else next to the package (a source checkout), else under the
+    current folder."""
+    env = os.environ.get("GPU_CNMF_TESTS")
+    if env and (Path(env) / "conftest.py").is_file():
+        return Path(env).resolve()
     for root in (Path(__file__).resolve().parents[2], Path.cwd()):
         if (root / "tests" / "conftest.py").is_file():
             return root / "tests"
@@ -246,21 +251,31 @@ def run_case(case, ctx, device, share, budget, frame_cap, log) -> dict:
         return _record(case, device, "skipped: budget")
     row = _record(case, device, "ok", size=cal, seconds=sec_c, wall_seconds=wall_c,
                   calibration={"size": cal, "seconds": sec_c, "wall_seconds": wall_c})
-    left = share - (time.perf_counter() - t_start)
-    # wall time of n: n x the calibration's per-unit wall + making missing frames
-    gen = (ctx.movie.seconds_per_frame or 0.0) if case.unit == "frames" else 0.0
-    made = ctx.movie.n_made if case.unit == "frames" else 0
-    per_unit = wall_c / cal + gen
-    n = int(min(cap, (0.8 * left + made * gen) / per_unit)) if left > 0 else 0
-    if n < 2 * cal:
-        row["note"] = "calibration size: the share left no room for a larger run"
-        return row
-    try:
-        sec, wall = _attempt(case, ctx, device, n, budget, max(1.5 * left, 2 * n * per_unit))
-    except BudgetExceeded:
-        row["note"] = f"calibration size: the run on {n} {case.unit} was stopped by the budget"
-        return row
-    row.update(size=n, seconds=sec, wall_seconds=wall)
+    # Grow the size from the last run's per-unit wall time (which still
+    # holds fixed costs, so it errs small) until the share is used or the
+    # cap reached; the largest run completed is the figure.
+    last_n, last_wall = cal, wall_c
+    for _ in range(3):
+        left = share - (time.perf_counter() - t_start)
+        gen = (ctx.movie.seconds_per_frame or 0.0) if case.unit == "frames" else 0.0
+        made = ctx.movie.n_made if case.unit == "frames" else 0
+        per_unit = last_wall / last_n + gen
+        n = int(min(cap, (0.8 * left + made * gen) / per_unit)) if left > 0 else 0
+        if n < 2 * last_n:
+            if last_n == cal:
+                row["note"] = "calibration size: the share left no room for a larger run"
+            break
+        try:
+            sec, wall = _attempt(case, ctx, device, n, budget,
+                                 max(1.5 * left, 2 * n * per_unit))
+        except BudgetExceeded:
+            row["note"] = (f"the run on {n} {case.unit} was stopped by the budget; "
+                           f"figure from {last_n}")
+            break
+        row.update(size=n, seconds=sec, wall_seconds=wall)
+        last_n, last_wall = n, wall
+        if n >= cap:
+            break
     return row
 
 
