@@ -13,10 +13,10 @@ from gpu_cnmf.bench.stages import CASE_NAMES, CASES, Passes
 OK_SKIPS = ("skipped: budget", "skipped: needs cnmf_fit")
 
 
-def _check_rows(doc, devices):
+def _check_rows(doc, devices, names=CASE_NAMES):
     rows = {(r["stage"], r["device"]): r for r in doc["stages"]}
     for dev in devices:
-        assert [r["stage"] for r in doc["stages"] if r["device"] == dev] == CASE_NAMES
+        assert [r["stage"] for r in doc["stages"] if r["device"] == dev] == names
     n_ok = 0
     for r in doc["stages"]:
         if r["device"] not in devices:
@@ -34,7 +34,7 @@ def _check_rows(doc, devices):
 def test_tiny_budget_lists_every_stage(tmp_path):
     """--device both on a tiny budget: the CPU column, 'skipped: budget'
     where time ran out, CUDA marked absent when it is; JSON and table written."""
-    t_budget = 10.0
+    t_budget = 8.0
     doc = run_bench(device="both", quick=True, budget=t_budget, out=str(tmp_path / "b"),
                     dims=(64, 64), run_tests=False, log=lambda m: None)
     assert doc["elapsed_s"] < t_budget + 3.0
@@ -44,13 +44,25 @@ def test_tiny_budget_lists_every_stage(tmp_path):
     assert "| rigid registration | cpu |" in md
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows, n_ok = _check_rows(on_disk, devices)
-    assert n_ok >= 1
     assert {"host_memory", "disk_read", "disk_write"} <= set(on_disk["probes"])
     if not torch.cuda.is_available():
         assert "CUDA is absent" in on_disk["note"]
         assert all(rows[(s, "cuda")]["status"] == "not run: no CUDA" for s in CASE_NAMES)
         assert on_disk["goals"][0]["verdict"] == "not measured (no GPU run)"
     assert not any(p.name.startswith(".bench_work") for p in (tmp_path / "b").iterdir())
+
+
+def test_one_stage_gets_the_budget_and_grows(tmp_path):
+    """A cheap stage alone: measured, positive figures, sized past its
+    calibration run."""
+    doc = run_bench(device="cpu", quick=True, budget=6.0, out=str(tmp_path), dims=(64, 64),
+                    run_tests=False, stages="summary", log=lambda m: None)
+    assert [r["stage"] for r in doc["stages"]] == ["summary"]
+    rows, n_ok = _check_rows(doc, ["cpu"], ["summary"])
+    assert n_ok == 1
+    row = rows[("summary", "cpu")]
+    assert row["size"] > row["calibration"]["size"]
+    assert 0 < row["fraction_memory_bw"] < 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")

@@ -55,6 +55,23 @@ def add_arguments(parser) -> None:
                         help="print a table comparing two bench.json files, run nothing")
 
 
+def command_line(args) -> str:
+    """The ``gpu-cnmf bench`` command that reproduces a run, from its options."""
+    parts = ["gpu-cnmf", "bench", "--device", args.device, "--budget", f"{args.budget:g}",
+             "--out", args.out]
+    if args.quick:
+        parts.append("--quick")
+    if list(args.dims) != [512, 512]:
+        parts += ["--dims", str(args.dims[0]), str(args.dims[1])]
+    if args.stages:
+        parts += ["--stages", args.stages]
+    if args.work_dir:
+        parts += ["--work-dir", args.work_dir]
+    if args.skip_tests:
+        parts.append("--skip-tests")
+    return " ".join(parts)
+
+
 def main_from_args(args) -> int:
     """Run (or compare) as the parsed options say; prints the table."""
     from .report import compare, markdown
@@ -66,7 +83,7 @@ def main_from_args(args) -> int:
 
     doc = run_bench(device=args.device, quick=args.quick, budget=args.budget, out=args.out,
                     dims=tuple(args.dims), work_dir=args.work_dir, run_tests=not args.skip_tests,
-                    stages=args.stages)
+                    stages=args.stages, command=command_line(args))
     print(markdown(doc), end="", flush=True)
     print(f"\nwritten: {args.out}/bench.json, {args.out}/bench.md", flush=True)
     return 0

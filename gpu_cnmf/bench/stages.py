@@ -44,8 +44,8 @@ class Case:
     run: Callable
     passes: Passes
     unit: str = "frames"          # what n counts
-    cal: int = 32                 # calibration size (also the smallest run)
-    warm: int = 8                 # untimed warm-up size (0: none)
+    cal: int = 16                 # calibration size (also the smallest run)
+    warm: int = 8                 # untimed warm-up size on the GPU (0: none)
     cap_full: int = 10_000
     cap_quick: int = 500
     weight: float = 1.0           # share of the budget
@@ -266,7 +266,7 @@ CASES = [
          Passes(memory=2, pcie=2, disk_read=1, disk_write=1), in_pipeline=True,
          notes="rigid correction streamed to an F-order memmap file"),
     Case("cnmf_fit", "CNMF fit (patches)", run_cnmf_fit,
-         Passes(memory=1, pcie=1, disk_read=1), cal=100, warm=0, cap_full=3000,
+         Passes(memory=1, pcie=1, disk_read=1), cal=60, warm=0, cap_full=3000,
          cap_quick=300, weight=1.5, in_pipeline=True,
          notes="each patch read once (overlaps not counted)"),
     Case("refit", "refit (whole field)", run_refit, Passes(memory=2, pcie=2, disk_read=2),
@@ -276,7 +276,7 @@ CASES = [
          cal=32, warm=4, cap_full=10_000, cap_quick=1000,
          notes="traces x frames float32: traces read, calcium and spikes written"),
     Case("evaluation", "component evaluation", run_evaluation,
-         Passes(memory=1, pcie=1, disk_read=1), cal=64, warm=0, cap_full=5000, cap_quick=300,
+         Passes(memory=1, pcie=1, disk_read=1), cal=32, warm=0, cap_full=5000, cap_quick=300,
          in_pipeline=True, notes="residual traces from the movie (one pass), ground-truth A, C"),
     Case("summary", "summary images", run_summary, Passes(memory=1, pcie=1), in_pipeline=True,
          notes="mean, max, std and Cn in one pass"),
@@ -285,7 +285,7 @@ CASES = [
     Case("ringcnn_infer", "Ring-CNN inference", run_ring_infer, Passes(memory=2, pcie=2),
          notes="background subtracted into a host array (read + write)"),
     Case("pipeline", "whole gpu-cnmf run", run_pipeline_case,
-         Passes(memory=9, pcie=7, disk_read=7, disk_write=2), cal=100, warm=0, cap_full=3000,
+         Passes(memory=9, pcie=7, disk_read=7, disk_write=2), cal=60, warm=0, cap_full=3000,
          cap_quick=300, weight=2.0,
          notes="motion (template + pass, written), C-order memmap, fit, refit, evaluation, "
                "summary images, results file"),
