@@ -35,6 +35,7 @@ import copy
 import difflib
 import importlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -43,6 +44,8 @@ import numpy as np
 
 from . import __version__
 from .errors import ParameterError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CNMFParams", "GROUPS"]
 
@@ -384,6 +387,44 @@ _ALIASES = {
     "num_blocks_per_run_temp": ("temporal", "num_blocks_per_run"),
 }
 _PATH_KEYS = {"fnames", "mmap_F", "mmap_C", "path_to_model"}
+
+# ----------------------------------------------------------------------------
+# CaImAn compatibility (the one place for it): what CaImAn's CNMFParams
+# accepts is accepted here, under its own spelling, even where the spec
+# names it differently or the offline pipeline has no use for it.
+
+# CaImAn's name of a group -> ours
+_GROUP_ALIASES = {"merging": "merge"}
+# our group -> CaImAn's name (for writing files CaImAn reads)
+CAIMAN_GROUP_NAMES = {v: k for k, v in _GROUP_ALIASES.items()}
+# our (group, key) -> CaImAn's key, where they differ
+CAIMAN_KEY_NAMES = {("merge", "thr"): "merge_thr", ("spatial", "block_size"): "block_size_spat",
+                    ("temporal", "block_size"): "block_size_temp",
+                    ("spatial", "num_blocks_per_run"): "num_blocks_per_run_spat",
+                    ("temporal", "num_blocks_per_run"): "num_blocks_per_run_temp"}
+# legacy keyword names (CaImAn's CNMFParams(...) and CNMF(...) arguments) -> flat names here
+_LEGACY = {"k": "K", "gnb": "nb", "merge_thresh": "merge_thr",
+           "only_init_patch": "only_init"}
+# CaImAn's ``online`` group (OnACID): stored as given, unused offline
+ONLINE_KEYS = frozenset((
+    "N_samples_exceptionality", "W_update_factor", "batch_update_suff_stat", "deconv_flag",
+    "dist_shape_update", "ds_factor", "epochs", "expected_comps", "full_XXt", "init_batch",
+    "init_method", "iters_shape", "max_comp_update_shape", "max_num_added",
+    "max_shifts_online", "min_SNR", "min_num_trial", "minibatch_shape",
+    "minibatch_suff_stat", "motion_correct", "movie_name_online", "n_refit", "normalize",
+    "num_times_comp_updated", "opencv_codec", "path_to_model", "ring_CNN", "rval_thr",
+    "save_online_movie", "show_movie", "simultaneously", "sniper_mode", "stop_detection",
+    "test_both", "thresh_CNN_noisy", "thresh_fitness_delta", "thresh_fitness_raw",
+    "thresh_overlap", "update_freq", "update_num_comps", "use_corr_img", "use_dense",
+    "use_peak_max"))
+# CaImAn parameters of the spec's groups that the spec lacks: (group, key) ->
+# (the value that means "off", what we have instead). That value is accepted
+# and stored; any other raises NotImplementedError.
+CAIMAN_EXTRA = {
+    ("quality", "use_ecc"): (False, "no eccentricity test; use quality.min_SNR/rval_thr/use_cnn"),
+    ("quality", "max_ecc"): (3, "no eccentricity test; use quality.min_SNR/rval_thr/use_cnn"),
+    ("motion", "shifts_interpolate"): (False, "motion.shifts_opencv (interpolated shifts)"),
+}
 _DERIVABLE = ("init.gSiz", "data.dims")
 
 
@@ -418,6 +459,14 @@ def _as_path(v):
     if isinstance(v, (list, tuple)):
         return type(v)(os.fspath(x) if isinstance(x, os.PathLike) else x for x in v)
     return v
+
+
+def _from_caiman_json(doc, source):
+    """A CaImAn JSON parameter document as a params_dict: JSON lists where
+    CaImAn keeps tuples are accepted as they are (validation takes both)."""
+    if not isinstance(doc, dict):
+        raise ParameterError(f"{source}: expected a JSON object of parameters")
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in doc.items()}
 
 
 def _elementwise(v):
@@ -565,16 +614,24 @@ class CNMFParams:
         out of range, or an inconsistent combination.
     """
 
-    def __init__(self, params_dict=None, **kwargs):
+    def __init__(self, params_dict=None, params_from_file=None, **kwargs):
         for group, table in GROUPS.items():
             setattr(self, group, {k: copy.deepcopy(d) for k, (d, _) in table.items()})
+        # CaImAn's online (OnACID) group and CaImAn-only switches: kept, unused
+        self.online = {}
+        self.caiman_extra = {}
         self._derived = set(_DERIVABLE)
+        if params_from_file is not None:
+            self.change_params_from_jsonfile(params_from_file)
         updates = dict(params_dict or {})
         updates.update(kwargs)
         self.change_params(updates)
 
     # -- access ---------------------------------------------------------------
     def _group(self, group):
+        group = _GROUP_ALIASES.get(group, group)
+        if group == "online":
+            return self.online
         if group not in GROUPS:
             best = _closest(group, GROUPS)
             hint = f"; did you mean {best!r}?" if best else ""
@@ -585,13 +642,34 @@ class CNMFParams:
     def get(self, group, key):
         """The value of ``group.key``."""
         values = self._group(group)
+        ours = _GROUP_ALIASES.get(group, group)
+        alias = _ALIASES.get(key)
+        if alias is not None and alias[0] == ours:
+            key = alias[1]
         if key not in values:
-            raise _unknown(key, group)
+            if (ours, key) in CAIMAN_EXTRA:
+                return self.caiman_extra.get(f"{ours}.{key}", CAIMAN_EXTRA[ours, key][0])
+            if ours == "online":
+                raise ParameterError(f"online.{key} is not set (the online group is stored "
+                                     "as given and not used by the offline pipeline)")
+            raise _unknown(key, ours)
         return values[key]
 
     def get_group(self, group):
-        """A (deep) copy of one group's dict."""
-        return copy.deepcopy(self._group(group))
+        """A (deep) copy of one group's dict; asked for by CaImAn's group name
+        (``merging``) it uses CaImAn's key names (``merge_thr``)."""
+        values = copy.deepcopy(self._group(group))
+        ours = _GROUP_ALIASES.get(group, group)
+        if ours != group:
+            values = {CAIMAN_KEY_NAMES.get((ours, k), k): v for k, v in values.items()}
+        return values
+
+    def unused(self):
+        """What was set but is not used by the offline pipeline: CaImAn's
+        ``online`` group and CaImAn-only switches, as ``{'group.key': value}``."""
+        out = {f"online.{k}": v for k, v in self.online.items()}
+        out.update(self.caiman_extra)
+        return out
 
     def to_dict(self):
         """``{group: {name: value}}``, a deep copy."""
@@ -620,7 +698,14 @@ class CNMFParams:
         if not isinstance(params_dict, dict):
             raise ParameterError(f"params_dict: expected a dict, got {type(params_dict).__name__}")
         for key, value in params_dict.items():
-            if key in GROUPS:
+            key = _GROUP_ALIASES.get(key, key)
+            if key == "online":
+                if not isinstance(value, dict):
+                    raise ParameterError(f"online: a group name takes a dict of parameters, "
+                                         f"got {type(value).__name__}")
+                for sub, v in value.items():
+                    yield key, sub, v
+            elif key in GROUPS:
                 if not isinstance(value, dict):
                     raise ParameterError(f"{key}: a group name takes a dict of parameters, "
                                          f"got {type(value).__name__}")
@@ -628,25 +713,55 @@ class CNMFParams:
                     alias = _ALIASES.get(sub)
                     if alias is not None and alias[0] == key:
                         sub = alias[1]
-                    if sub not in GROUPS[key]:
+                    if sub not in GROUPS[key] and (key, sub) not in CAIMAN_EXTRA:
                         raise _unknown(sub, key)
                     yield key, sub, v
+            elif key in _LEGACY:
+                yield from self._route({_LEGACY[key]: value})
             elif key in _ALIASES:
                 yield (*_ALIASES[key], value)
             elif key in _OWNERS:
                 for group in _OWNERS[key]:
                     yield group, key, value
+            elif key in ONLINE_KEYS:
+                yield "online", key, value
             else:
-                raise _unknown(key)
+                extra = [g for (g, k) in CAIMAN_EXTRA if k == key]
+                if not extra:
+                    raise _unknown(key)
+                yield extra[0], key, value
 
-    def change_params(self, params_dict, verbose=False):
+    def change_params(self, params_dict, allow_legacy=True, warn_unused=True, verbose=False):
         """Apply flat and/or nested updates; validate; return ``self``.
 
-        Nothing is changed when any entry is rejected.
+        Nothing is changed when any entry is rejected. CaImAn's spellings
+        are accepted (group ``merging``/key ``merge_thr``, ``gnb``, ``k``,
+        ``merge_thresh``, ``only_init_patch``, ``block_size_spat``, ...);
+        with ``allow_legacy=False`` the legacy keyword names are refused.
+        CaImAn's ``online`` group is stored and logged as unused (with
+        ``warn_unused``).
         """
+        if not allow_legacy and isinstance(params_dict, dict):
+            legacy = sorted(set(params_dict) & set(_LEGACY))
+            if legacy:
+                raise ParameterError(f"{legacy[0]!r} is a legacy name (allow_legacy=False); "
+                                     f"use {_LEGACY[legacy[0]]!r}")
         work = copy.deepcopy(self)
         changed = set()
         for group, key, value in work._route(params_dict):
+            if group == "online":
+                work.online[key] = copy.deepcopy(value)
+                if warn_unused:
+                    log.warning("online.%s is stored but not used: gpu_cnmf runs the offline "
+                                "pipeline (CNMF/CNMF-E), not OnACID", key)
+                continue
+            if (group, key) in CAIMAN_EXTRA and key not in GROUPS[group]:
+                off, instead = CAIMAN_EXTRA[group, key]
+                if not _same(value, off) and not (_is_num(value) and _is_num(off) and value == off):
+                    raise NotImplementedError(f"{group}.{key} = {value!r} is not supported by "
+                                              f"gpu_cnmf (only {off!r}); nearest: {instead}")
+                work.caiman_extra[f"{group}.{key}"] = value
+                continue
             value = _as_path(copy.deepcopy(value)) if key in _PATH_KEYS else copy.deepcopy(value)
             getattr(work, group)[key] = value
             changed.add(f"{group}.{key}")
@@ -657,16 +772,36 @@ class CNMFParams:
                 print(f"{group}.{key} = {_short_repr(value)}")
         work._derive(changed)
         work.validate()
-        for group in GROUPS:   # in place, so references to the dicts stay live
+        for group in list(GROUPS) + ["online"]:   # in place: references stay live
             getattr(self, group).clear()
             getattr(self, group).update(getattr(work, group))
+        self.caiman_extra = work.caiman_extra
         self._derived = work._derived
         return self
 
-    def set(self, group, val_dict, verbose=False):
-        """CaImAn's spelling of ``change_params({group: val_dict})``."""
+    def set(self, group, val_dict, set_if_not_exists=False, verbose=False):
+        """CaImAn's spelling of ``change_params({group: val_dict})``.
+
+        A name the group does not have is an error (with the closest name),
+        unless ``set_if_not_exists``: then, as CaImAn does, it is kept (in
+        :meth:`unused`, with a warning that nothing reads it).
+        """
         self._group(group)
+        ours = _GROUP_ALIASES.get(group, group)
+        val_dict = dict(val_dict)
+        if set_if_not_exists and ours in GROUPS:
+            for key in list(val_dict):
+                alias = _ALIASES.get(key)
+                known = key in GROUPS[ours] or (ours, key) in CAIMAN_EXTRA or \
+                    (alias is not None and alias[0] == ours)
+                if not known:
+                    log.warning("%s.%s is not a parameter of gpu_cnmf: kept, unused", ours, key)
+                    self.caiman_extra[f"{ours}.{key}"] = copy.deepcopy(val_dict.pop(key))
         return self.change_params({group: val_dict}, verbose=verbose)
+
+    def check_consistency(self):
+        """CaImAn's name for :meth:`validate` (raises ParameterError)."""
+        self.validate()
 
     def _derive(self, changed):
         if "init.gSiz" in self._derived and _is_seq(self.init["gSig"]) and \
@@ -749,6 +884,7 @@ class CNMFParams:
         """
         doc = {"format": "gpu_cnmf.CNMFParams", "version": 1,
                "derived": sorted(self._derived),
+               "online": {k: _encode(v, f"online.{k}") for k, v in self.online.items()},
                "params": {g: {k: _encode(v, f"{g}.{k}") for k, v in getattr(self, g).items()}
                           for g in GROUPS}}
         # one line per parameter: readable, and diffs show which value changed
@@ -773,14 +909,42 @@ class CNMFParams:
             doc = json.loads(text)
         except json.JSONDecodeError as err:
             raise ParameterError(f"{source}: not valid JSON ({err})") from err
-        if not isinstance(doc, dict) or doc.get("format") != "gpu_cnmf.CNMFParams":
-            raise ParameterError(f"{source}: not a gpu_cnmf parameter file "
-                                 "(expected format 'gpu_cnmf.CNMFParams')")
+        if not isinstance(doc, dict):
+            raise ParameterError(f"{source}: expected a JSON object of parameters")
+        if doc.get("format") != "gpu_cnmf.CNMFParams":
+            # CaImAn's parameter files: {group: {name: value}} (or flat names)
+            try:
+                return cls(params_dict=_from_caiman_json(doc, source))
+            except ParameterError as err:
+                raise ParameterError(f"{source}: not a gpu_cnmf parameter file (format "
+                                     f"'gpu_cnmf.CNMFParams') nor a CaImAn one: {err}") from err
         groups = {g: {k: _decode(v) for k, v in values.items()}
                   for g, values in doc["params"].items()}
+        groups["online"] = {k: _decode(v) for k, v in doc.get("online", {}).items()}
         obj = cls(params_dict=groups)
         obj._derived = set(doc.get("derived", ())) & set(_DERIVABLE)
         return obj
+
+    def change_params_from_jsonfile(self, json_fname, verbose=False):
+        """Apply a JSON parameter file: one written by :meth:`to_json` or
+        CaImAn's (``{group: {name: value}}``, e.g. its demos' files)."""
+        path = Path(json_fname)
+        if not path.is_file():
+            raise ParameterError(f"{path}: parameter file not found")
+        text = path.read_text()
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ParameterError(f"{path}: not valid JSON ({err})") from err
+        if isinstance(doc, dict) and doc.get("format") == "gpu_cnmf.CNMFParams":
+            other = CNMFParams.from_json_text(text, source=str(path))
+            return self.change_params(other.to_dict() | {"online": other.online},
+                                      verbose=verbose, warn_unused=False)
+        return self.change_params(_from_caiman_json(doc, str(path)), verbose=verbose)
+
+    def to_jsonfile(self, targfn):
+        """Write :meth:`to_json` to ``targfn`` (CaImAn's name)."""
+        self.to_json(targfn)
 
     @classmethod
     def from_json(cls, path):
@@ -794,7 +958,7 @@ class CNMFParams:
     def __eq__(self, other):
         if not isinstance(other, CNMFParams):
             return NotImplemented
-        return all(_same(getattr(self, g), getattr(other, g)) for g in GROUPS)
+        return all(_same(getattr(self, g), getattr(other, g)) for g in list(GROUPS) + ["online"])
 
     __hash__ = None
 

@@ -212,7 +212,9 @@ class CNMF:
             raise ParameterError("refit: fit() must run first (no components yet)")
         params = self.params.copy() if hasattr(self.params, "copy") else copy.deepcopy(self.params)
         params.change_params({"patch": {"rf": None, "only_init": False}})
-        cnm = CNMF(self.n_processes, params=params, dview=dview if dview is not None else self.dview)
+        # type(self): a subclass (the CaImAn façade) gets its own kind back
+        cnm = type(self)(self.n_processes, params=params,
+                         dview=dview if dview is not None else self.dview)
         cnm.estimates = copy.deepcopy(self.estimates)
         cnm._refit_from = True
         return cnm.fit(images)
@@ -299,6 +301,80 @@ class CNMF:
         est.timings = dict(model.timings)
         est.normalize_components()
         self.estimates = est
+
+    # ------------------------------------------- single steps (CaImAn's API)
+    def _step_setup(self, images, overrides=None):
+        """MovieMatrix, config and model from the current estimates, for
+        one update step on ``images``; ``overrides``: {group: {name: value}}."""
+        est = self.estimates
+        if est.A is None or est.C is None:
+            raise ParameterError("no components yet: run fit() (or set estimates.A and "
+                                 "estimates.C) before a single update step")
+        if est.W is not None:
+            raise NotImplementedError("single update steps on a CNMF-E (ring model) result "
+                                      "are not supported; nearest: CNMF.refit(images)")
+        params = self.params.copy()
+        if overrides:
+            params.change_params(overrides)
+        cfg = _config(params)
+        device = get_device(params.use_cuda)
+        src, layout, full_dims, T = as_pixel_matrix(images)
+        block = int(cfg["spatial"]["block_size"]) * int(cfg["spatial"]["num_blocks_per_run"])
+        kw = dict(block_pixels=block, memory_fact=float(cfg["patch"]["memory_fact"]),
+                  exclude=cfg["preprocess"]["pixels"])
+        mm = (MovieMatrix(src, device, dims=full_dims, **kw) if layout == "pixels"
+              else MovieMatrix(src, device, **kw))
+        self._refit_from = True
+        try:
+            model = self._start_model(mm, device)
+        finally:
+            self._refit_from = False
+        if model.YrA is None:
+            from .temporal import compute_residuals
+            model.YrA = compute_residuals(mm, model.A, model.b, model.C, model.f)
+        return mm, cfg, model
+
+    def _step_store(self, mm, model):
+        keep = {k: getattr(self.estimates, k) for k in ("Cn", "pnr")}
+        self._store(model, mm.dims)
+        for k, v in keep.items():
+            setattr(self.estimates, k, v)
+        mm.release()
+        return self
+
+    def update_spatial(self, Y, use_init=True, **kwargs):
+        """One spatial update of ``A`` and ``b`` (``kwargs``: ``spatial``
+        parameters for this call). Returns self."""
+        from .engine import spatial_step
+        if not use_init:
+            raise NotImplementedError("update_spatial(use_init=False): nearest: "
+                                      "use_init=True (start from the current estimates)")
+        mm, cfg, model = self._step_setup(Y, {"spatial": kwargs} if kwargs else None)
+        return self._step_store(mm, spatial_step(mm, model, cfg))
+
+    def update_temporal(self, Y, use_init=True, **kwargs):
+        """One temporal update of ``C``, ``f`` with deconvolution (``S``, ``g``,
+        ``bl``, ``c1``, ``neurons_sn``, ``YrA``); ``kwargs``: ``temporal``
+        parameters for this call. Returns self."""
+        from .engine import temporal_step
+        if not use_init:
+            raise NotImplementedError("update_temporal(use_init=False): nearest: "
+                                      "use_init=True (start from the current estimates)")
+        mm, cfg, model = self._step_setup(Y, {"temporal": kwargs} if kwargs else None)
+        return self._step_store(mm, temporal_step(mm, model, cfg))
+
+    def merge_comps(self, Y, mx=50, fast_merge=True, max_merge_area=None):
+        """Merge components whose traces correlate above ``merge.thr`` and
+        whose footprints overlap (at most ``mx`` merged groups, the most
+        correlated first). Returns self; ``estimates.merged_ROIs`` lists them."""
+        from .engine import merge_step
+        if not fast_merge:
+            raise NotImplementedError("merge_comps(fast_merge=False): nearest: fast_merge=True "
+                                      "(rank-1 NMF of each merged group)")
+        over = {"merge": {"max_merge_area": max_merge_area}} if max_merge_area else None
+        mm, cfg, model = self._step_setup(Y, over)
+        merge_step(model, cfg, max_groups=int(mx))
+        return self._step_store(mm, model)
 
 
 def load_CNMF(filename, n_processes=1, dview=None):

@@ -108,10 +108,28 @@ def temporal_step(mm, model, cfg, p=None):
     return model.select(model.C.amax(1) > 0)
 
 
-def merge_step(model, cfg, p=None):
-    """Merge correlated overlapping components; returns the number merged."""
+def _most_correlated(groups, C, n):
+    """The ``n`` groups whose members' traces correlate best (max pair)."""
+    Cc = C - C.mean(1, keepdim=True)
+    Cc = Cc / Cc.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    score = []
+    for g in groups:
+        r = Cc[g] @ Cc[g].T
+        r.fill_diagonal_(-1.0)
+        score.append(float(r.max()))
+    order = np.argsort(score)[::-1][:n]
+    return [groups[i] for i in sorted(order)]
+
+
+def merge_step(model, cfg, p=None, max_groups=None, groups=None):
+    """Merge correlated overlapping components; returns the number merged.
+    ``max_groups`` caps how many groups merge (the most correlated first);
+    ``groups`` (index tensors) merges those instead of searching."""
     m = cfg["merge"]
-    groups = find_merges(model.A, model.C, m["thr"], m["max_merge_area"])
+    if groups is None:
+        groups = find_merges(model.A, model.C, m["thr"], m["max_merge_area"])
+    if max_groups is not None and len(groups) > max_groups:
+        groups = _most_correlated(groups, model.C, max_groups)
     if not groups:
         return 0
     dev = model.A.device

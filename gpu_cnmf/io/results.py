@@ -473,7 +473,12 @@ def _footprint_masks(A, dims):
 
 def export_nwb(path, estimates, params, session_description: str = "gpu_cnmf results",
                identifier: str | None = None, session_start_time: datetime | None = None,
-               imaging_plane_location: str = "unknown", indicator: str = "unknown") -> str:
+               imaging_plane_location: str = "unknown", indicator: str = "unknown",
+               excitation_lambda: float = float("nan"), emission_lambda: float = float("nan"),
+               imaging_plane_description: str = "imaging plane analysed by gpu_cnmf",
+               experiment_description: str | None = None, starting_time: float = 0.0,
+               imaging_plane_name: str | None = None,
+               imaging_series_name: str | None = None) -> str:
     """Write the components to an NWB file (needs ``pynwb``: the extra
     ``gpu_cnmf[formats]``).
 
@@ -514,14 +519,16 @@ def export_nwb(path, estimates, params, session_description: str = "gpu_cnmf res
 
     nwb = NWBFile(session_description=session_description,
                   identifier=identifier or f"gpu_cnmf-{datetime.now().strftime('%Y%m%dT%H%M%S')}",
-                  session_start_time=session_start_time or datetime.now(timezone.utc))
+                  session_start_time=session_start_time or datetime.now(timezone.utc),
+                  experiment_description=experiment_description)
     device = nwb.create_device(name="Microscope", description="unknown")
     channel = OpticalChannel(name="OpticalChannel", description="unknown",
-                             emission_lambda=float("nan"))
+                             emission_lambda=float(emission_lambda))
     plane = nwb.create_imaging_plane(
-        name="ImagingPlane", optical_channel=channel, imaging_rate=fr,
-        description="imaging plane analysed by gpu_cnmf", device=device,
-        excitation_lambda=float("nan"), indicator=indicator, location=imaging_plane_location)
+        name=imaging_plane_name or "ImagingPlane", optical_channel=channel, imaging_rate=fr,
+        description=imaging_plane_description, device=device,
+        excitation_lambda=float(excitation_lambda), indicator=indicator,
+        location=imaging_plane_location)
     ophys = nwb.create_processing_module(name="ophys", description="CNMF (gpu_cnmf) results")
     segmentation = ImageSegmentation()
     ophys.add(segmentation)
@@ -537,11 +544,13 @@ def export_nwb(path, estimates, params, session_description: str = "gpu_cnmf res
         planes.add_column(name="accepted", description="passed component evaluation",
                           data=accepted.tolist())
     rois = planes.create_roi_table_region(region=list(range(K)), description="all components")
-    series = [RoiResponseSeries(name="RoiResponseSeries", data=C.T, rois=rois,
-                                unit="a.u.", rate=fr, description="denoised calcium traces C")]
+    series = [RoiResponseSeries(name=imaging_series_name or "RoiResponseSeries", data=C.T,
+                                rois=rois, unit="a.u.", rate=fr, starting_time=float(starting_time),
+                                description="denoised calcium traces C")]
     if est.get("S") is not None:
         series.append(RoiResponseSeries(name="Deconvolved", data=np.asarray(est["S"]).T,
                                         rois=rois, unit="a.u.", rate=fr,
+                                        starting_time=float(starting_time),
                                         description="deconvolved activity S"))
     ophys.add(Fluorescence(roi_response_series=series))
 

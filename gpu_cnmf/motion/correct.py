@@ -576,18 +576,23 @@ class MotionCorrect:
         return pw.shift_field(self._patch_shifts_tensor(start, stop), ctx["mats"]).cpu().numpy()
 
     def apply_shifts_movie(self, fname, save_memmap=False, order="F", base_name=None,
-                           remove_min=True):
+                           remove_min=True, rigid_shifts=None):
         """Apply the estimated shifts to another movie of the same shape
         (e.g. a second channel). Returns the corrected array, or the memmap
-        path when ``save_memmap``."""
+        path when ``save_memmap``. ``rigid_shifts=True`` applies only the
+        rigid shifts of a piecewise-rigid correction (None: as corrected)."""
+        pw_rigid = self.pw_rigid if rigid_shifts is None else not rigid_shifts
+        if pw_rigid and not self.pw_rigid:
+            raise ParameterError("apply_shifts_movie(rigid_shifts=False): this correction "
+                                 "was rigid (pw_rigid=False); there are no patch shifts")
         if self.shifts_rig is None:
             raise ParameterError("apply_shifts_movie: run motion_correct first")
         src = open_movie(fname, var_name_hdf5=self.var_name_hdf5)
         if tuple(src.shape) != (self.source.n_frames,) + self.dims:
             raise MovieError(f"apply_shifts_movie: movie shape {tuple(src.shape)} differs "
                              f"from the corrected one {(self.source.n_frames,) + self.dims}")
-        ctx = self._prepare(self.total_template_els if self.pw_rigid
-                            else self.total_template_rig, self.pw_rigid)
+        ctx = self._prepare(self.total_template_els if pw_rigid
+                            else self.total_template_rig, pw_rigid)
         T = src.n_frames
         chunk = self._chunk(copies=12)
         writer = (MemmapWriter(base_name or self._base("applied"), self.dims, T, order=order)
@@ -605,7 +610,7 @@ class MotionCorrect:
                 x = backend.to_tensor(src.read(s, e), self.device)
                 rig = torch.as_tensor(self.shifts_rig[s:e], dtype=torch.float32,
                                       device=self.device)
-                ps = self._patch_shifts_tensor(s, e) if self.pw_rigid else None
+                ps = self._patch_shifts_tensor(s, e) if pw_rigid else None
                 y = self._apply(x, rig, ps, ctx) - mn
                 y = y.cpu().numpy()
                 if writer is not None:
