@@ -86,7 +86,9 @@ def running_baseline(frames, window: int, quantile: float) -> np.ndarray:
         # np.interp per pixel, vectorised: position of each frame between centres
         c = np.asarray(centres)
         j = np.clip(np.searchsorted(c, t) - 1, 0, n_blocks - 2)
-        w = np.clip((t - c[j]) / (c[j + 1] - c[j]), 0.0, 1.0)[:, None]
+        # linear between centres, and continued past the first/last centre
+        # (a drift goes on at the ends rather than stopping half a window in)
+        w = ((t - c[j]) / (c[j + 1] - c[j]))[:, None]
         base = levels[j] * (1 - w) + levels[j + 1] * w
     return np.ascontiguousarray(base, dtype=np.float32).reshape(arr.shape)
 

@@ -86,8 +86,10 @@ class Estimates:
         """Inverse of :meth:`to_dict`."""
         est = cls(dims=fields.get("dims"))
         for name, value in fields.items():
+            if isinstance(getattr(cls, name, None), property):
+                continue   # derived (CaImAn stores nr, the number of components)
             if name == "discarded_components" and isinstance(value, dict):
-                value = cls.from_dict(value)
+                value = cls.from_dict(value) if value else None
             setattr(est, name, value)
         if "R" not in fields:
             est.R = est.YrA

@@ -6,7 +6,11 @@ Layout (what readers of CaImAn results rely on)::
 
     /params/<group>/<name>      every parameter as a dataset, CaImAn-style
                                 (None as the string 'NoneType', tuples and
-                                lists as arrays, strings as strings)
+                                lists as arrays, strings as strings), under
+                                CaImAn's names: group ``merging`` (key
+                                ``merge_thr``), ``block_size_spat``/``_temp``,
+                                ``num_blocks_per_run_spat``/``_temp``, and
+                                the ``online`` group when one was set
     /params.attrs['json']       the exact parameters (CNMFParams.to_json)
     /estimates/<field>          C, S, YrA, b, f, sn, g, bl, c1, neurons_sn,
                                 idx_components, SNR_comp, r_values, Cn, ...
@@ -39,6 +43,7 @@ import scipy.sparse as sp
 
 from .. import __version__
 from ..errors import MovieError, OptionalDependencyError, ParameterError
+from ..params import CAIMAN_GROUP_NAMES, CAIMAN_KEY_NAMES
 
 __all__ = ["save_results", "load_results", "export_nwb", "OptionalDependencyError",
            "atomic_write", "require_extra", "RESULTS_FORMAT"]
@@ -77,7 +82,8 @@ def atomic_write(path, write):
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ParameterError(f"{path}: the folder {str(folder)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    # the temporary name keeps the extension (writers such as pynwb check it)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -373,10 +379,14 @@ def save_results(path, params_dict, estimates_dict, motion: dict | None = None,
                 g = h5.create_group("params")
                 # the exact parameters; large attributes need the 1.8+ format
                 g.attrs["json"] = params_json
-                for group, values in params.to_dict().items():
-                    gg = g.create_group(group)
+                # CaImAn's group and key names, so that its load_CNMF reads them
+                groups = params.to_dict()
+                if params.online:
+                    groups["online"] = params.online
+                for group, values in groups.items():
+                    gg = g.create_group(CAIMAN_GROUP_NAMES.get(group, group))
                     for k, v in values.items():
-                        _write_caiman_value(gg, k, v)
+                        _write_caiman_value(gg, CAIMAN_KEY_NAMES.get((group, k), k), v)
             if estimates is not None:
                 g = h5.create_group("estimates", track_order=True)
                 g.attrs["kind"] = "dict"
@@ -454,8 +464,8 @@ def _load_params(g: h5py.Group, path):
             elif isinstance(value, np.generic):
                 value = value.item()
             try:
-                params.change_params({group: {key: value}})
-            except (ParameterError, TypeError, ValueError):
+                params.change_params({group: {key: value}}, warn_unused=False)
+            except (ParameterError, NotImplementedError, TypeError, ValueError):
                 skipped.append(f"{group}.{key}")
     return params, skipped
 
