@@ -181,9 +181,13 @@ def test_overwrites_existing_file(tmp_path):
 def test_caiman_layout(saved):
     path, params, est, *_ = saved
     with h5py.File(path, "r") as h5:
+        from gpu_cnmf.params import CAIMAN_GROUP_NAMES, CAIMAN_KEY_NAMES
         for group, table in GROUPS.items():
             for name in table:
-                assert f"params/{group}/{name}" in h5, f"params/{group}/{name}"
+                # under CaImAn's names (merging/merge_thr, block_size_spat, ...)
+                where = (f"params/{CAIMAN_GROUP_NAMES.get(group, group)}/"
+                         f"{CAIMAN_KEY_NAMES.get((group, name), name)}")
+                assert where in h5, where
         assert h5["params/data/fr"][()] == 15.5
         assert list(h5["params/init/gSig"][()]) == [3, 3]
         assert list(h5["params/motion/max_shifts"][()]) == [4, 5]
