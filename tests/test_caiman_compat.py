@@ -104,7 +104,7 @@ cm.stop_server(dview=dview)
 
 
 def test_2p_pipeline_script(tmp_path):
-    movie, truth = make_movie("2p", dims=(64, 64), n_frames=300, n_neurons=12,
+    movie, truth = make_movie("2p", dims=(64, 64), n_frames=200, n_neurons=12,
                               motion="rigid", seed=4)
     tifffile.imwrite(tmp_path / "movie_2p.tif", movie)
     out = _run(SCRIPT_2P, tmp_path, "demo_pipeline.py")
@@ -119,7 +119,7 @@ def test_2p_pipeline_script(tmp_path):
     shifts = np.load(tmp_path / "shifts_rig.npy")
     err = shifts - truth.shifts
     assert np.abs(err - np.median(err, 0)).mean() < 0.3
-    assert list(tmp_path.glob("memmap__d1_64_d2_64_d3_1_order_C_frames_300_.mmap"))
+    assert list(tmp_path.glob("memmap__d1_64_d2_64_d3_1_order_C_frames_200_.mmap"))
 
 
 # --------------------------------------------------------------------- 1p ---

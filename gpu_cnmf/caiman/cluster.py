@@ -60,8 +60,9 @@ def setup_cluster(backend="multiprocessing", n_processes=None, single_thread=Fal
         except ImportError as err:
             raise ParameterError("setup_cluster(backend='dask') needs dask[distributed]: "
                                  "pip install 'dask[distributed]'") from err
+        # threads (no main guard); the dashboard on a free port, not 8787
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=False,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         return cluster, Client(cluster), n
     return None, None, n
 

@@ -23,7 +23,9 @@ class MotionCorrect(_CoreMotionCorrect):
     F-order memmaps written with ``save_movie=True``) and ``mmap_file`` (the
     one of the mode used); ``border_to_0`` (pixels the shifts filled in);
     ``min_mov``. ``dview`` is accepted and not needed (the work is batched
-    on one device).
+    on one device). Other keyword arguments go to the core class
+    (``base_name``, ``chunk_frames``, ``progress``, and any motion parameter
+    the core adds later, so ``**params.get_group('motion')`` always fits).
     """
 
     def __init__(self, fname, min_mov=None, dview=None, max_shifts=(6, 6), niter_rig=1,
@@ -32,7 +34,7 @@ class MotionCorrect(_CoreMotionCorrect):
                  upsample_factor_grid=4, max_deviation_rigid=3, shifts_opencv=True,
                  nonneg_movie=True, gSig_filt=None, use_cuda=False, border_nan=True,
                  pw_rigid=False, num_frames_split=80, var_name_hdf5="mov", is3D=False,
-                 indices=(slice(None), slice(None)), shifts_interpolate=False):
+                 indices=(slice(None), slice(None)), shifts_interpolate=False, **kwargs):
         if shifts_interpolate:
             raise NotImplementedError("MotionCorrect(shifts_interpolate=True) is not "
                                       "supported; nearest: shifts_opencv=True (bicubic "
@@ -49,7 +51,7 @@ class MotionCorrect(_CoreMotionCorrect):
                          nonneg_movie=nonneg_movie, gSig_filt=gSig_filt, use_cuda=use_cuda,
                          border_nan=border_nan, pw_rigid=pw_rigid,
                          num_frames_split=num_frames_split, var_name_hdf5=var_name_hdf5,
-                         is3D=is3D, indices=indices)
+                         is3D=is3D, indices=indices, **kwargs)
         self.fname_tot_rig = None
         self.fname_tot_els = None
         self.x_shifts_els = self.y_shifts_els = None
