@@ -194,30 +194,33 @@ def _delete_duplicates(model, patch_id, centrality, thr=0.5):
     return keep
 
 
-def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
-    """Patch-wise CNMF of the whole movie; see the module docstring.
+def place_patches(regions, models, dims, T, device, border_pix=0):
+    """Put each patch's components and background in the whole field of view.
 
     Parameters
     ----------
-    images : (T, d1, d2) array or memmap
-    cfg : dict of parameter groups
+    regions : list of Region
+    models : list of Model
+        One per region, on ``device``, in the region's own pixel order.
+    dims : (d1, d2)
+    T : int
     device : torch.device
-    n_processes : int
-    mm_full : MovieMatrix, optional
-        The full movie on ``device`` (made here when not given).
-    dview : dask.distributed.Client or pool, optional
-        Where the patches run (see :func:`~.dispatch.map_patches`).
+    border_pix : int
+        Footprint pixels within this many pixels of the edge are cleared.
 
     Returns
     -------
-    Model on the whole field of view.
+    model : Model
+        ``A`` (d, K), ``C``, ``YrA``, ``sn``, and the patch backgrounds as
+        ``b`` (d, sum nb_patch) and ``f``; components left empty dropped.
+    b_mask : (d, sum nb_patch) bool tensor
+        Each background component's patch.
+    patch_id, centrality : (K,) tensors
+        The patch of each component, and its centre's distance to that
+        patch's edge (for :func:`resolve_duplicates`).
     """
-    P = cfg["patch"]
-    mm = mm_full if mm_full is not None else MovieMatrix(images, device)
-    d1, d2 = mm.dims
-    d, T = mm.d, mm.T
-    regions = patch_regions((d1, d2), P["rf"], P["stride"])
-    models = _patch_models(images, regions, cfg, device, n_processes, dview=dview)
+    d1, d2 = dims
+    d = d1 * d2
     Ks = [m.K for m in models]
     nbs = [m.b.shape[1] for m in models]
     Ktot, NB = int(sum(Ks)), int(sum(nbs))
@@ -248,7 +251,7 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
                                                     torch.minimum(cj, w - 1 - cj))
         ok += m.K
         ob += m.b.shape[1]
-    bp = int(P["border_pix"])
+    bp = int(border_pix)
     if bp > 0:
         edge = torch.zeros((d1, d2), dtype=torch.bool, device=device)
         edge[:bp], edge[-bp:], edge[:, :bp], edge[:, -bp:] = True, True, True, True
@@ -257,18 +260,56 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
     keep = (A > 0).any(0) & (C.amax(1) > 0) if Ktot else torch.zeros(0, dtype=torch.bool)
     patch_id, centrality = patch_id[keep], centrality[keep]
     model.select(keep)
+    return model, Bmask, patch_id, centrality
+
+
+def resolve_duplicates(model, patch_id, centrality, cfg):
+    """Neurons found by two patches: with ``del_duplicates`` the less central
+    copy is deleted, otherwise overlapping correlated copies are merged
+    (rounds of :func:`.engine.merge_step` with ``p_patch``)."""
+    P = cfg["patch"]
+    if P["del_duplicates"]:
+        model.select(_delete_duplicates(model, patch_id, centrality))
+    elif cfg["merge"]["do_merge"]:
+        for _ in range(_MAX_MERGE_ROUNDS):
+            if merge_step(model, cfg, p=int(P["p_patch"])) == 0:
+                break
+    return model
+
+
+def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
+    """Patch-wise CNMF of the whole movie; see the module docstring.
+
+    Parameters
+    ----------
+    images : (T, d1, d2) array or memmap
+    cfg : dict of parameter groups
+    device : torch.device
+    n_processes : int
+    mm_full : MovieMatrix, optional
+        The full movie on ``device`` (made here when not given).
+    dview : dask.distributed.Client or pool, optional
+        Where the patches run (see :func:`~.dispatch.map_patches`).
+
+    Returns
+    -------
+    Model on the whole field of view.
+    """
+    P = cfg["patch"]
+    mm = mm_full if mm_full is not None else MovieMatrix(images, device)
+    d1, d2 = mm.dims
+    d, T = mm.d, mm.T
+    regions = patch_regions((d1, d2), P["rf"], P["stride"])
+    models = _patch_models(images, regions, cfg, device, n_processes, dview=dview)
+    model, Bmask, patch_id, centrality = place_patches(regions, models, (d1, d2), T, device,
+                                                       int(P["border_pix"]))
+    B, Fb = model.b, model.f
     nb = int(cfg["init"]["nb"])
     if P["low_rank_background"]:
         model.b, model.f = compress_background(B, Fb, nb)
     else:
         model.b_mask = Bmask
-    p_patch = int(P["p_patch"])
-    if P["del_duplicates"]:
-        model.select(_delete_duplicates(model, patch_id, centrality))
-    elif cfg["merge"]["do_merge"]:
-        for _ in range(_MAX_MERGE_ROUNDS):
-            if merge_step(model, cfg, p=p_patch) == 0:
-                break
+    resolve_duplicates(model, patch_id, centrality, cfg)
     model.b = update_background(mm, model.A, model.b, model.C, model.f, model.b_mask)
     if P["skip_refinement"]:
         model.YrA = compute_residuals(mm, model.A, model.b, model.C, model.f)
