@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from gpu_cnmf.backend import cuda_available, synchronize
-from gpu_cnmf.cnmf.ring_model import cnmfe_fit
+from gpu_cnmf import CNMF
 from gpu_cnmf.metrics import roi_f1, trace_correlation
 from gpu_cnmf.params import CNMFParams
 
@@ -53,8 +53,9 @@ def params_for(use_cuda):
 
 def run_once(mov, truth, device):
     t0 = time.perf_counter()
-    out = cnmfe_fit(mov, params_for(device == "cuda"), device=device)
+    est = CNMF(params=params_for(device == "cuda")).fit(mov).estimates
     synchronize(device)
+    out = dict(A=est.A, C=est.C, timings=est.timings)
     wall = time.perf_counter() - t0
     r = roi_f1(truth.A, out["A"], truth.dims)
     corr = trace_correlation(truth.C, out["C"], r["matched_true"], r["matched_est"])

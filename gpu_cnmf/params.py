@@ -595,6 +595,12 @@ def _short_repr(v, limit=100):
 
 # ----------------------------------------------------------------------------
 
+def default_gsiz(gSig):
+    """CaImAn's neuron box for a neuron radius: ``int(round(2 * gSig + 1))``
+    per axis (the one place this default is derived)."""
+    return [int(round(2 * float(x) + 1)) for x in np.atleast_1d(np.asarray(gSig, dtype=float))]
+
+
 class CNMFParams:
     """All parameters of motion correction, CNMF/CNMF-E, deconvolution,
     component evaluation and Ring-CNN, in CaImAn's groups.
@@ -806,7 +812,7 @@ class CNMFParams:
     def _derive(self, changed):
         if "init.gSiz" in self._derived and _is_seq(self.init["gSig"]) and \
                 self._rule_problem("init", "gSig") is None:
-            self.init["gSiz"] = [int(round(2 * x + 1)) for x in self.init["gSig"]]
+            self.init["gSiz"] = default_gsiz(self.init["gSig"])
         fnames = self.data["fnames"]
         if "data.dims" in self._derived and fnames and \
                 (self.data["dims"] is None or changed & {"data.fnames", "data.var_name_hdf5"}):

@@ -5,7 +5,10 @@ import torch
 
 from gpu_cnmf.cnmf.corr_pnr import check_parameters, corr_pnr_images, filter_movie, \
     frame_noise, initialize_corr_pnr
-from gpu_cnmf.cnmf.ring_model import RingModel, _frames_view, cnmfe_fit, downsample_pixels, \
+from gpu_cnmf.cnmf.cnmfe import fit_cnmfe, fit_cnmfe_fov
+from gpu_cnmf.cnmf.config import fit_config
+from gpu_cnmf.cnmf.products import MovieMatrix
+from gpu_cnmf.cnmf.ring_model import RingModel, _frames_view, downsample_pixels, \
     fit_ring_weights, ring_background, ring_offsets, ring_radius, upsample_pixels
 from gpu_cnmf.errors import ParameterError
 from gpu_cnmf.metrics import roi_f1, trace_correlation
@@ -21,6 +24,25 @@ def _params(**kw):
              min_corr=0.8, min_pnr=5, K=None, nb=0, ssub_B=2, ring_size_factor=1.5, init_iter=2)
     d.update(kw)
     return CNMFParams(params_dict=d)
+
+
+def cnmfe_fit(mov, params, Ain=None, device="cpu", n_iter=None):
+    """CNMF-E's model and ring as host arrays (Estimates' names)."""
+    import scipy.sparse as sp
+
+    dev = torch.device(device)
+    cfg = fit_config(params)
+    if Ain is not None:
+        Ain = torch.as_tensor(Ain.toarray() if sp.issparse(Ain) else Ain, dtype=torch.float32)
+    if n_iter is None:
+        model, ring, extra = fit_cnmfe(mov, cfg, dev, Ain=Ain)
+    else:
+        model, ring, extra = fit_cnmfe_fov(MovieMatrix(mov, dev), cfg, dev, Ain=Ain, n_rounds=n_iter)
+    host = lambda x: None if x is None else x.detach().cpu().numpy()  # noqa: E731
+    out = {k: host(getattr(model, k)) for k in ("C", "S", "YrA", "b", "f", "sn")}
+    out.update(A=sp.csc_matrix(host(model.A)), b0=host(ring.b0), W=ring.to_sparse(), ring=ring,
+               Cn=extra.get("Cn"), pnr=extra.get("pnr"), model=model)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +135,7 @@ def test_seed_images_follow_summary_definition(movie):
 
 def test_initialization_respects_K_cap(movie):
     mov, truth = movie
-    A, C, b0, ring, extra = initialize_corr_pnr(mov[:300], 4, None, 0.8, 5, init_iter=1, K=6)
+    A, C, ring, extra = initialize_corr_pnr(mov[:300], 4, None, 0.8, 5, init_iter=1, K=6)
     assert 1 <= A.shape[1] <= 6
     assert C.shape == (A.shape[1], 300)
     assert extra["Cn"].shape == DIMS and extra["pnr"].shape == DIMS

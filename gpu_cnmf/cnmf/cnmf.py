@@ -33,6 +33,7 @@ import torch
 
 from ..backend import get_device
 from ..errors import ParameterError
+from .config import fit_config
 from .engine import Model, fit_fov
 from .estimates import Estimates
 from .patches import fit_patches
@@ -59,25 +60,13 @@ _LEGACY = {
     "decay_time": ("data", "decay_time"), "do_merge": ("merge", "do_merge"),
 }
 
-_GROUPS = ("data", "patch", "preprocess", "init", "spatial", "temporal", "merge", "quality")
-
-
 def _config(params):
-    """Plain-dict snapshot of the groups CNMF reads, with CaImAn's fit-time
-    defaults filled in (``medw``, ``se``, ``ss``; ``gSiz`` from ``gSig``)."""
-    cfg = {g: copy.deepcopy(params.get_group(g)) for g in _GROUPS}
-    sp_ = cfg["spatial"]
-    if sp_["medw"] is None:
-        sp_["medw"] = (3, 3)
-    if sp_["se"] is None:
-        sp_["se"] = np.ones((3, 3), dtype=np.uint8)
-    if sp_["ss"] is None:
-        sp_["ss"] = np.ones((3, 3), dtype=np.uint8)
-    ini = cfg["init"]
-    if ini["gSiz"] is None:
-        ini["gSiz"] = [int(round(2 * s + 1)) for s in ini["gSig"]]
-    if int(ini["nb"]) < 0:
-        raise ParameterError(f"init['nb']: expected 0 or more background components, got {ini['nb']}")
+    """:func:`.config.fit_config` (CaImAn's fit-time defaults) for 2p CNMF,
+    which needs ``nb >= 0`` (CNMF-E's ``nb`` may be -1, its full-rank code)."""
+    cfg = fit_config(params)
+    nb = int(cfg["init"]["nb"])
+    if nb < 0:
+        raise ParameterError(f"init['nb']: expected 0 or more background components, got {nb}")
     return cfg
 
 
@@ -168,7 +157,7 @@ class CNMF:
             self.Ain = Ain
         device = get_device(self.params.use_cuda)
         if _is_cnmfe(self.params):
-            return self._fit_cnmfe(images)
+            return self._fit_cnmfe(images, device, t_start)
         cfg = _config(self.params)
         src, layout, full_dims, T = as_pixel_matrix(images)
         region = _region(indices, full_dims)
@@ -227,28 +216,20 @@ class CNMF:
         return save_results(filename, self.params, self.estimates.to_dict())
 
     # ------------------------------------------------------------- helpers
-    def _fit_cnmfe(self, images):
-        """1p movies: CNMF-E (corr-PNR seeds, ring background), see
-        :func:`gpu_cnmf.cnmf.ring_model.cnmfe_fit`."""
-        from .ring_model import cnmfe_fit
+    def _fit_cnmfe(self, images, device, t_start):
+        """1p movies: CNMF-E (corr-PNR seeds, ring background) on the whole
+        field or on patches, see :mod:`gpu_cnmf.cnmf.cnmfe`."""
+        from .cnmfe import fit_cnmfe
 
-        if self.params.patch["rf"] is not None:
-            log.info("CNMF-E runs on the whole field of view: rf/stride (patches) are used "
-                     "by two-photon CNMF only")
+        cfg = fit_config(self.params)
         Ain = self.Ain
         if Ain is None and getattr(self, "_refit_from", False):
             Ain = self.estimates.A   # refit: start from the fitted footprints
-        res = cnmfe_fit(images, self.params, Ain=Ain)
-        est = Estimates(dims=res["dims"])
-        for name in ("A", "C", "S", "YrA", "sn", "g", "bl", "c1", "neurons_sn", "b", "f"):
-            setattr(est, name, res.get(name))
-        est.R = est.YrA
-        # the ring model is kept as CaImAn keeps it: the sparse W and b0
-        est.b0, est.W = res.get("b0"), res.get("W")
-        est.Cn, est.pnr = res.get("Cn"), res.get("pnr")
-        est.timings = dict(res.get("timings") or {})
-        self.dims = est.dims
-        self.estimates = est
+        n_proc = self.n_processes if self.n_processes > 1 else int(cfg["patch"]["n_processes"] or 1)
+        model, ring, extra = fit_cnmfe(images, cfg, device, Ain=Ain, n_processes=n_proc,
+                                       dview=self.dview, exclude=cfg["preprocess"]["pixels"])
+        model.timings["total"] = time.perf_counter() - t_start
+        self._store(model, ring.dims, ring=ring, images=extra)
         return self
 
     def _ain_tensor(self, Ain, d, device):
@@ -287,8 +268,20 @@ class CNMF:
                          f=t(f_in), sn=st.sn, yy=st.yy)
         return None
 
-    def _store(self, model, dims):
-        """Model tensors -> Estimates (host arrays, CaImAn's types)."""
+    def _store(self, model, dims, ring=None, images=None):
+        """Model tensors -> Estimates (host arrays, CaImAn's types), for 2p
+        CNMF and CNMF-E alike.
+
+        Parameters
+        ----------
+        model : Model
+        dims : (d1, d2)
+        ring : RingModel, optional
+            CNMF-E's background, kept as CaImAn keeps it: the sparse ``W``
+            (on the ``ssub_B`` grid) and ``b0``.
+        images : dict, optional
+            ``Cn``, ``pnr``: CNMF-E's seed images.
+        """
         n = lambda x: None if x is None else x.detach().cpu().numpy()  # noqa: E731
         est = Estimates(dims=dims)
         est.A = sp.csc_matrix(n(model.A).astype(np.float32))
@@ -299,7 +292,12 @@ class CNMF:
         est.R = est.YrA
         est.merged_ROIs = model.merged_ROIs
         est.timings = dict(model.timings)
+        if ring is not None:
+            est.W, est.b0 = ring.to_sparse(), n(ring.b0)
+        if images:
+            est.Cn, est.pnr = images.get("Cn"), images.get("pnr")
         est.normalize_components()
+        self.dims = tuple(dims)
         self.estimates = est
 
     # ------------------------------------------- single steps (CaImAn's API)

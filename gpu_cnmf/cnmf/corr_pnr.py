@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
+from ..params import default_gsiz
 from ..summary import PixelMoments, neighbour_offsets, psf_kernel, spatial_filter
 from .morphology import from_images
-from .ring_model import _frames_view, fit_background, movie_matrix, ring_radius
+from .ring_model import _frames_view, fit_ring, ring_radius, subtract_background
 
 # z-score below which the filtered movie is zeroed for the correlation image
 # (summary.correlation_pnr's threshold).
@@ -81,7 +82,7 @@ def check_parameters(gSig, gSiz, min_corr, min_pnr, ring_size_factor, ssub_B, in
     if g.size != 2 or not np.all(g > 0):
         raise ParameterError(f"gSig: expected one or two positive neuron radii, got {gSig!r}")
     if gSiz is None:
-        s = np.round(2 * g + 1).astype(int)
+        s = np.asarray(default_gsiz(g))
     else:
         s = np.atleast_1d(np.asarray(gSiz, dtype=float)).ravel()
         if s.size == 1:
@@ -404,8 +405,8 @@ def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_siz
 
     Returns
     -------
-    A : (d, K) tensor, C : (K, T) tensor, b0 : (d,) tensor,
-    ring : :class:`.ring_model.RingModel`, extra : dict (Cn, pnr of the
+    A : (d, K) tensor, C : (K, T) tensor,
+    ring : :class:`.ring_model.RingModel` (with ``b0``), extra : dict (Cn, pnr of the
     first search, seeds, rounds per pass)
     """
     from .initialization import hals_refine
@@ -417,7 +418,9 @@ def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_siz
         Ymat = Y.to(dev, torch.float32)
         dims = tuple(int(x) for x in dims)
     else:
-        Ymat, dims = movie_matrix(Y, dev, dims)
+        from .products import MovieMatrix
+        mm = MovieMatrix(Y, dev, dims=dims)
+        Ymat, dims = mm.frames(0, mm.T), mm.dims
     d, T = Ymat.shape
     ssub_B = int(round(float(ssub_B)))
     radius = ring_radius(gSiz, ring_size_factor)
@@ -435,9 +438,8 @@ def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_siz
     A = from_images(A_img).contiguous()
     empty_b, empty_f = Ymat.new_zeros((d, 0)), Ymat.new_zeros((0, T))
     for _ in range(int(init_iter) - 1):
-        b0, ring, B = fit_background(Ymat, A, C, dims, radius, ssub_B)
-        Yhat = Ymat - B
-        del B
+        ring = fit_ring(Ymat, A, C, dims, radius, ssub_B)
+        Yhat = subtract_background(ring, Ymat, A, C)
         if A.shape[1]:
             A, C, _, _ = hals_refine(Yhat, dims, A, C, empty_b, empty_f, maxIter=hals_iter)
         left = None if K is None else int(K) - A.shape[1]
@@ -454,9 +456,9 @@ def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_siz
         if A2.shape[0]:
             A = torch.cat([A, from_images(A2)], 1).contiguous()
             C = torch.cat([C, C2], 0)
-    b0, ring, B = fit_background(Ymat, A, C, dims, radius, ssub_B)
+    ring = fit_ring(Ymat, A, C, dims, radius, ssub_B)
     if A.shape[1]:
-        A, C, _, _ = hals_refine(Ymat - B, dims, A, C, empty_b, empty_f, maxIter=hals_iter)
-    del B
+        A, C, _, _ = hals_refine(subtract_background(ring, Ymat, A, C), dims, A, C, empty_b,
+                                 empty_f, maxIter=hals_iter)
     keep = (A.amax(0) > 0) & (C.amax(1) > 0)
-    return A[:, keep].contiguous(), C[keep].contiguous(), b0, ring, extra
+    return A[:, keep].contiguous(), C[keep].contiguous(), ring, extra

@@ -171,6 +171,8 @@ class MovieMatrix:
         return np.ascontiguousarray(chunk).reshape(t1 - t0, -1)
 
     def _to_device(self, host, slot):
+        if isinstance(host, torch.Tensor):      # a movie already in torch (a CNMF-E patch)
+            return host.to(self.device, torch.float32)
         if host.dtype == np.float64 or host.dtype.kind in "iu":
             host = host.astype(np.float32)
         if self.device.type == "cpu":
@@ -231,6 +233,25 @@ class MovieMatrix:
             yield t0, t1, t
         if store is not None:
             self._cache, self._cache_kind = store, "frames"
+
+    def frames(self, t0, t1):
+        """Frames ``t0:t1`` of the region as a float32 (d, t1 - t0) tensor on
+        the device, pixels in the region's Fortran order (excluded pixels
+        zeroed): the chunk a per-frame computation reads."""
+        r = self.region
+        if self.layout == "pixels":
+            d1 = self.full_dims[0]
+            if r.y0 == 0 and r.y1 == d1:
+                host = self._src[r.x0 * d1:r.x1 * d1, t0:t1]
+            else:
+                host = self._src[r.pixel_index(d1), t0:t1]
+        else:
+            chunk = self._src[t0:t1, r.y0:r.y1, r.x0:r.x1]            # (n, h, w)
+            host = chunk.transpose(2, 1, 0).reshape(self.d, t1 - t0)
+        if not isinstance(host, torch.Tensor):
+            host = np.ascontiguousarray(host)
+        t = self._to_device(host, 0)
+        return t * self.exclude[:, None] if self.exclude is not None else t
 
     def _c_order(self):
         """Index turning Fortran-order rows into the region's C order."""

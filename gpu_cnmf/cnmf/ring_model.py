@@ -31,15 +31,10 @@ gathered and solved all at once. Applying ``W`` is a sum over the ring's
 offsets of per-pixel weights times shifted frames (a locally connected
 filter), never a pixels x pixels matrix.
 
-:func:`cnmfe_fit` runs the whole CNMF-E sequence on the device: corr-PNR
-initialisation (:mod:`.corr_pnr`), then rounds of spatial update, temporal
-update (OASIS) and merging on ``Y - B`` with the CNMF building blocks of
-:mod:`.engine`, the ring background refitted between rounds.
+The CNMF-E fit that uses this model is :mod:`.cnmfe`.
 """
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,6 +171,8 @@ class RingModel:
         Downsampling factor of the grid.
     radius : int
         Ring radius at full resolution.
+    b0 : (d,) tensor, optional
+        The constant part of the background (temporal mean of ``Y - A C``).
     """
 
     weights: torch.Tensor
@@ -183,6 +180,7 @@ class RingModel:
     dims: tuple
     ssub_B: int
     radius: int
+    b0: torch.Tensor | None = None
 
     @property
     def dims_B(self):
@@ -190,7 +188,19 @@ class RingModel:
         return (self.weights.shape[1], self.weights.shape[0])
 
     def to(self, device):
-        return RingModel(self.weights.to(device), self.offsets, self.dims, self.ssub_B, self.radius)
+        b0 = None if self.b0 is None else self.b0.to(device)
+        return RingModel(self.weights.to(device), self.offsets, self.dims, self.ssub_B,
+                         self.radius, b0)
+
+    def subtract(self, Y, AC=None):
+        """``Y - B`` for frames ``Y`` (d, n) and the neurons' part ``AC``
+        (d, n) of the same frames: ``Y - b0 - W (Y - A C - b0)``."""
+        R = Y - self.b0[:, None]
+        if AC is not None:
+            R = R - AC
+        out = Y - self.b0[:, None]
+        out -= ring_fluctuation(self, R)
+        return out
 
     def apply_downsampled(self, Xd):
         """``W X`` on the downsampled grid for a (d2_B, d1_B, T) image."""
@@ -330,230 +340,50 @@ def ring_fluctuation(ring, R):
     return upsample_pixels(ring.apply_downsampled(Xd), ring.dims, ring.ssub_B)
 
 
-def fit_background(Y, A, C, dims, radius, ssub_B=2, ring=None):
-    """``b0``, the ring weights and the background for the current ``A, C``.
+def fit_ring(Y, A, C, dims, radius, ssub_B=2):
+    """The ring model (``b0`` and ``W``) of the residual ``Y - A C``.
 
     Parameters
     ----------
-    Y : (d, T) tensor
+    Y : (d, T) tensor, Fortran pixel order
     A : (d, K) tensor, C : (K, T) tensor
-    ring : RingModel, optional
-        Keep these weights (only ``b0`` and ``B`` are recomputed).
+    dims : (d1, d2)
+    radius : int
+        Ring radius at full resolution (:func:`ring_radius`).
+    ssub_B : int
 
     Returns
     -------
-    b0 : (d,) tensor, ring : RingModel, B : (d, T) tensor (the background)
+    RingModel (with ``b0``)
     """
     R = Y - A @ C if A.shape[1] else Y.clone()
     b0 = R.mean(1)
     R -= b0[:, None]
-    if ring is None:
-        ring = fit_ring_weights(R, dims, radius, ssub_B)
-    B = ring_fluctuation(ring, R)
+    ring = fit_ring_weights(R, dims, radius, ssub_B)
     del R
-    B += b0[:, None]
-    return b0, ring, B
+    ring.b0 = b0
+    return ring
 
 
-# --------------------------------------------------------------------------
-# movies in memory on the device
-
-def movie_matrix(images, device, dims=None):
-    """The movie as a float32 (d, T) Fortran-order tensor on ``device``.
-
-    ``images`` is (T, d1, d2) (array, memory map, tensor, or the Fortran view
-    of a pixels x T memory map), or the (d, T) matrix with ``dims``.
-    """
-    device = torch.device(device)
-    if dims is not None:
-        Y = torch.as_tensor(np.asarray(images, dtype=np.float32) if not isinstance(images, torch.Tensor)
-                            else images, dtype=torch.float32, device=device)
-        if Y.ndim != 2 or Y.shape[0] != int(np.prod(dims)):
-            raise MovieError(f"images: expected a ({int(np.prod(dims))}, T) matrix for dims {dims}, "
-                             f"got {tuple(Y.shape)}")
-        return Y.contiguous(), tuple(int(x) for x in dims)
-    if isinstance(images, torch.Tensor):
-        if images.ndim != 3:
-            raise MovieError(f"images: expected a (T, d1, d2) movie, got shape {tuple(images.shape)}")
-        fr = images.to(device=device, dtype=torch.float32)
-        return _pixels_view(fr).contiguous(), tuple(images.shape[1:])
-    from .products import as_pixel_matrix
-    arr, layout, dims, T = as_pixel_matrix(images)
-    # np.array copies: CNMF-E holds its own dense copy of Y, and a tensor that
-    # shared a (possibly writable) memmap could change the user's file.
-    host = torch.from_numpy(np.array(arr, dtype=np.float32))
-    if layout == "pixels":
-        return host.to(device).contiguous(), dims
-    return _pixels_view(host.to(device)).contiguous(), dims
-
-
-class DenseMovie:
-    """A (d, T) device tensor with the product interface of
-    :class:`gpu_cnmf.cnmf.products.MovieMatrix` (``AtY``, ``CYt``,
-    ``blocks``), so the CNMF spatial and temporal steps run on ``Y - B``."""
-
-    def __init__(self, Y, dims):
-        self.Y = Y
-        self.dims = tuple(dims)
-        self.d, self.T = Y.shape
-        self.device = Y.device
-        self.cols_per_block = self.dims[1]
-
-    def AtY(self, A):
-        return A.T @ self.Y
-
-    def CYt(self, C):
-        return C @ self.Y.T
-
-    def blocks(self):
-        yield 0, self.d, self.Y
-
-    def release(self):
-        pass
-
-
-# --------------------------------------------------------------------------
-# the CNMF-E fit
-
-def _cfg(params):
-    """Parameter groups as plain dicts with CaImAn's fit-time defaults."""
-    groups = ("data", "patch", "preprocess", "init", "spatial", "temporal", "merge", "quality")
-    cfg = {g: copy.deepcopy(params.get_group(g)) for g in groups}
-    s = cfg["spatial"]
-    for key, val in (("medw", (3, 3)), ("se", np.ones((3, 3), np.uint8)),
-                     ("ss", np.ones((3, 3), np.uint8))):
-        if s[key] is None:
-            s[key] = val
-    ini = cfg["init"]
-    if ini["gSiz"] is None:
-        ini["gSiz"] = [int(round(2 * x + 1)) for x in ini["gSig"]]
-    return cfg
-
-
-def cnmfe_fit(images, params, Ain=None, n_iter=2, dims=None, device=None):
-    """CNMF-E on a one-photon movie held on the device.
+def subtract_background(ring, Y, A=None, C=None, chunk_bytes=_TILE_BYTES):
+    """``Y - B`` for a (d, T) movie held on the device, frame chunk by frame
+    chunk (the temporaries are one chunk large, ``B`` is never whole).
 
     Parameters
     ----------
-    images : (T, d1, d2) array / memory map / tensor, or (d, T) with ``dims``
-    params : CNMFParams
-        ``init``: gSig, gSiz, min_corr, min_pnr, ring_size_factor, ssub_B,
-        init_iter, center_psf, seed_method, nb, K (cap on the number of
-        neurons, None for no cap); ``spatial``, ``temporal``, ``merge`` as
-        in CNMF; the device is ``params.use_cuda`` unless ``device`` given.
-    Ain : (d, K) array or sparse, optional
-        Footprints to start from instead of the corr-PNR search (their
-        traces are fitted on the background-corrected movie).
-    n_iter : int
-        Rounds of (background, spatial, temporal, merge); the last round
-        skips merging.
+    ring : RingModel (with ``b0``)
+    Y : (d, T) tensor
+    A : (d, K) tensor, C : (K, T) tensor, optional
 
     Returns
     -------
-    dict
-        A (scipy.sparse.csc, d x K), C, S, YrA (K, T), b0 (d,), W
-        (scipy.sparse.csr on the ``ssub_B`` grid), ring (RingModel), sn (d,),
-        g, bl, c1, neurons_sn, b, f (low-rank background when ``nb > 0``;
-        empty otherwise), B (the full background when ``nb == -1``),
-        Cn, pnr (seed images), model (an :class:`.engine.Model` of device
-        tensors, b and f empty), timings, dims.
-
-    Notes
-    -----
-    The whole movie, the background-corrected copy and the background are
-    held on the device (3 x the float32 movie); there is no patch mode. For
-    movies larger than that, the Ring-CNN route streams
-    (:func:`gpu_cnmf.pipeline.run_pipeline` with ``ring_cnn=True``).
+    (d, T) tensor
     """
-    from ..backend import get_device
-    from ..deconvolution import estimate_noise
-    from .corr_pnr import initialize_corr_pnr
-    from .engine import Model, merge_step, spatial_step, temporal_step
-    from .initialization import hals_refine
-
-    t_all = time.perf_counter()
-    timings = {}
-    cfg = _cfg(params)
-    ini = cfg["init"]
-    dev = get_device(params.use_cuda) if device is None else torch.device(device)
-    nb = int(ini["nb"])
-    Y, dims = movie_matrix(images, dev, dims)
     d, T = Y.shape
-    radius = ring_radius(ini["gSiz"], ini["ring_size_factor"])
-    ssub_B = int(round(float(ini["ssub_B"])))
-    pre = cfg["preprocess"]
-    t0 = time.perf_counter()
-    sn = estimate_noise(Y, noise_range=tuple(pre["noise_range"]), noise_method=pre["noise_method"],
-                        max_num_samples_fft=pre["max_num_samples_fft"])
-    sn = torch.as_tensor(sn, device=dev, dtype=torch.float32)
-    timings["preprocess"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if Ain is None:
-        A, C, b0, ring0, extra = initialize_corr_pnr(
-            Y, ini["gSig"], ini["gSiz"], ini["min_corr"], ini["min_pnr"],
-            ini["ring_size_factor"], ssub_B, ini["init_iter"], center_psf=ini["center_psf"],
-            seed_method=ini["seed_method"], nb=0, device=dev, dims=dims, K=ini["K"],
-            noise_range=pre["noise_range"], noise_method=pre["noise_method"],
-            border_pix=cfg["patch"]["border_pix"])
-    else:
-        A0 = Ain.toarray() if sp.issparse(Ain) else np.asarray(Ain)
-        if A0.shape[0] != d:
-            raise ParameterError(f"Ain: expected {d} rows (pixels, Fortran order), got {A0.shape}")
-        A = torch.as_tensor(A0, dtype=torch.float32, device=dev)
-        # the ring sees around each neuron, not the neuron itself, so a first
-        # background can be fitted with no traces at all; traces follow on Y - B
-        C = Y.new_zeros((A.shape[1], T))
-        for _ in range(max(1, int(ini["init_iter"]))):
-            b0, ring, B = fit_background(Y, A, C, dims, radius, ssub_B)
-            _, C, _, _ = hals_refine(Y - B, dims, A, C, Y.new_zeros((d, 0)), Y.new_zeros((0, T)),
-                                     maxIter=5, update_A=False)
-            del B
-        extra = dict(Cn=None, pnr=None)
-        ring0 = None
-    timings["init"] = time.perf_counter() - t0
-    model = Model(A=A, C=C, b=Y.new_zeros((d, 0)), f=Y.new_zeros((0, T)), sn=sn)
-    p = int(cfg["temporal"]["p"])
-    B = None
-    for it in range(max(1, int(n_iter))):
-        t0 = time.perf_counter()
-        # the first round reuses the initialisation's ring weights
-        b0, ring, B = fit_background(Y, model.A, model.C, dims, radius, ssub_B,
-                                     ring=ring0 if it == 0 else None)
-        mm = DenseMovie(Y - B, dims)
-        del B
-        timings["background"] = timings.get("background", 0.0) + time.perf_counter() - t0
-        t0 = time.perf_counter()
-        spatial_step(mm, model, cfg)
-        timings["spatial"] = timings.get("spatial", 0.0) + time.perf_counter() - t0
-        t0 = time.perf_counter()
-        temporal_step(mm, model, cfg, p)
-        timings["temporal"] = timings.get("temporal", 0.0) + time.perf_counter() - t0
-        if cfg["merge"]["do_merge"] and it < int(n_iter) - 1:
-            t0 = time.perf_counter()
-            merge_step(model, cfg, p)
-            timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t0
-        del mm
-    # final background for the final components (what W and b0 describe)
-    t0 = time.perf_counter()
-    b0, ring, B = fit_background(Y, model.A, model.C, dims, radius, ssub_B)
-    b = Y.new_zeros((d, 0))
-    f = Y.new_zeros((0, T))
-    if nb > 0:
-        from .background import nmf_hals
-        b, f = nmf_hals(B.clamp_min(0), nb)
-    timings["background"] = timings.get("background", 0.0) + time.perf_counter() - t0
-    model.timings = dict(timings)
-    model.timings["total"] = time.perf_counter() - t_all
-
-    def host(x):
-        return None if x is None else x.detach().cpu().numpy()
-
-    A_sp = sp.csc_matrix(host(model.A).astype(np.float32))
-    A_sp.eliminate_zeros()
-    out = dict(A=A_sp, C=host(model.C), S=host(model.S), YrA=host(model.YrA), b0=host(b0),
-               W=ring.to_sparse(), ring=ring, sn=host(sn), g=host(model.g),
-               bl=host(model.bl), c1=host(model.c1), neurons_sn=host(model.neurons_sn),
-               b=host(b), f=host(f), B=host(B) if nb == -1 else None, Cn=extra.get("Cn"),
-               pnr=extra.get("pnr"), model=model, timings=model.timings, dims=dims,
-               merged_ROIs=model.merged_ROIs)
+    out = torch.empty_like(Y)
+    step = max(1, int(chunk_bytes // max(1, 4 * 4 * d)))
+    use_ac = A is not None and A.shape[1] > 0
+    for t0 in range(0, T, step):
+        t1 = min(T, t0 + step)
+        out[:, t0:t1] = ring.subtract(Y[:, t0:t1], A @ C[:, t0:t1] if use_ac else None)
     return out

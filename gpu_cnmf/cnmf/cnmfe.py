@@ -1,0 +1,483 @@
+"""CNMF-E: the one-photon fit, on the whole field of view or on patches.
+
+The model (Zhou et al. 2018, eLife) is ``Y = A C + B + E`` with the ring
+background ``B = W (Y - A C - b0 1') + b0 1'`` (:mod:`.ring_model`). The fit
+returns the components as an :class:`.engine.Model` and the background as a
+:class:`.ring_model.RingModel` (``W`` and ``b0``), which
+:meth:`gpu_cnmf.cnmf.CNMF._store` turns into ``Estimates`` as for two-photon
+CNMF.
+
+Whole field (``rf`` None), :func:`fit_cnmfe_fov`: the movie (or a patch of
+it) is read once into a (pixels x T) device tensor; corr-PNR initialisation
+(:mod:`.corr_pnr`) finds neurons and a first ring model; then rounds of
+spatial update, temporal update (OASIS) and merging run on ``Y - B`` with the
+CNMF building blocks of :mod:`.engine`, the ring refitted between rounds.
+
+Patches (``rf``, ``stride``), :func:`fit_cnmfe_patches`, as CaImAn runs
+CNMF-E: each patch of side ``2 rf`` (overlapping by ``stride``) runs the
+whole-field fit above on its region, read from the movie (memory map) by a
+:class:`.products.MovieMatrix` (only initialisation when ``only_init``, AR
+order ``p_patch``); patches are mapped by :func:`.dispatch.map_patches`.
+Components are placed in the field of view and duplicates in overlaps
+deleted (``del_duplicates``) or merged (:func:`.patches.place_patches`,
+:func:`.patches.resolve_duplicates`; pixels within ``border_pix`` of the
+edge cleared). With ``nb == 0`` (``low_rank_background=None``, CaImAn's
+exact ring model) each pixel keeps the ring weights of the patch where it
+sits most centrally, so ``W`` covers the field, and the final spatial and
+temporal rounds stream ``Y - B`` frame chunk by frame chunk
+(:class:`RingCorrectedMovie`): the whole-field background is never a
+pixels x T array. With ``nb > 0`` each patch returns ``nb_patch`` low-rank
+background components, kept local or compressed to ``nb``
+(``low_rank_background``), and the traces are refitted on ``Y`` with them.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..backend import memory_budget
+from ..errors import ParameterError
+from .corr_pnr import check_parameters, initialize_corr_pnr
+from .dispatch import map_patches
+from .engine import Model, merge_step, model_from_numpy, model_to_numpy, spatial_step, \
+    temporal_step
+from .patches import patch_config, patch_regions, place_patches, resolve_duplicates, \
+    very_bad_components
+from .products import MovieMatrix, Region, as_pixel_matrix
+from .ring_model import RingModel, fit_ring, ring_radius, subtract_background
+from .temporal import compute_residuals
+
+# Share of the memory budget that Y - B may take when held whole between
+# passes (otherwise it is recomputed chunk by chunk on every pass).
+_RESIDENT_FRACTION = 0.5
+# Rounds of (spatial, temporal, merge) after initialisation.
+N_ROUNDS = 2
+
+
+class RingCorrectedMovie:
+    """``Y - B`` of a :class:`.products.MovieMatrix` under a ring model, with
+    the product interface the CNMF steps use (``AtY``, ``CYt``, ``blocks``).
+
+    ``B`` is computed frame chunk by frame chunk (the ring is spatial, so a
+    chunk of frames needs only those frames of ``Y`` and ``C``); the chunks
+    are held between passes only when the whole of ``Y - B`` fits in
+    ``_RESIDENT_FRACTION`` of the memory budget.
+
+    Parameters
+    ----------
+    mm : MovieMatrix
+    A : (d, K) tensor, C : (K, T) tensor
+        The neurons whose part ``A C`` the ring does not see.
+    ring : RingModel (with ``b0``)
+    resident : bool, optional
+        Hold ``Y - B`` whole; None decides from the budget.
+    """
+
+    def __init__(self, mm, A, C, ring, resident=None):
+        self.mm, self.ring = mm, ring
+        self.A, self.C = A, C
+        self.dims, self.d, self.T, self.device = mm.dims, mm.d, mm.T, mm.device
+        self.cols_per_block = mm.cols_per_block
+        budget = memory_budget(self.device, memory_fact=mm.memory_fact)
+        # a chunk holds the frames, A C, the residual, its downsampled and
+        # padded copies and the output: about six frame-sized buffers
+        self.frames_per_chunk = int(max(1, min(self.T, budget // (6 * 4 * self.d))))
+        if resident is None:
+            resident = self.d * self.T * 4 <= _RESIDENT_FRACTION * budget
+        self._whole = None
+        if resident:
+            self._whole = torch.cat([c for _, _, c in self._compute()], 1)
+
+    def _compute(self):
+        use_ac = self.A.shape[1] > 0
+        for t0 in range(0, self.T, self.frames_per_chunk):
+            t1 = min(self.T, t0 + self.frames_per_chunk)
+            Y = self.mm.frames(t0, t1)
+            yield t0, t1, self.ring.subtract(Y, self.A @ self.C[:, t0:t1] if use_ac else None)
+
+    def chunks(self):
+        """Yield ``(t0, t1, Yc)``: ``Y - B`` of frames t0:t1, (d, t1 - t0)."""
+        if self._whole is not None:
+            yield 0, self.T, self._whole
+            return
+        yield from self._compute()
+
+    def AtY(self, A):
+        out = torch.zeros((A.shape[1], self.T), dtype=torch.float32, device=self.device)
+        if A.shape[1]:
+            for t0, t1, Yc in self.chunks():
+                out[:, t0:t1] = A.T @ Yc
+        return out
+
+    def CYt(self, C):
+        out = torch.zeros((C.shape[0], self.d), dtype=torch.float32, device=self.device)
+        for t0, t1, Yc in self.chunks():
+            out.addmm_(C[:, t0:t1], Yc.T)
+        return out
+
+    def blocks(self):
+        """Yield ``(p0, p1, Yb)``: pixel blocks of ``Y - B`` (all frames). When
+        not resident each block costs a pass (pixel statistics only)."""
+        h = self.dims[0]
+        step = max(1, self.cols_per_block) * h
+        for p0 in range(0, self.d, step):
+            p1 = min(self.d, p0 + step)
+            if self._whole is not None:
+                yield p0, p1, self._whole[p0:p1]
+            else:
+                yield p0, p1, torch.cat([Yc[p0:p1] for _, _, Yc in self._compute()], 1)
+
+    def release(self):
+        self._whole = None
+
+
+# --------------------------------------------------------------------------
+# one field of view
+
+def _geometry(cfg):
+    """Validated ``(gSig, gSiz, ring radius, ssub_B)`` of a CNMF-E config."""
+    ini = cfg["init"]
+    gSig, gSiz = check_parameters(ini["gSig"], ini["gSiz"], ini["min_corr"], ini["min_pnr"],
+                                  ini["ring_size_factor"], ini["ssub_B"], ini["init_iter"],
+                                  ini["seed_method"], ini["nb"])
+    return gSig, gSiz, ring_radius(gSiz, ini["ring_size_factor"]), int(round(float(ini["ssub_B"])))
+
+
+def _tick(timings, name, t0):
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+    return time.perf_counter()
+
+
+def fit_cnmfe_fov(mm, cfg, device, Ain=None, only_init=False, p=None, n_rounds=N_ROUNDS):
+    """CNMF-E on one field of view (the whole movie or one patch), held on
+    the device as one (pixels x T) tensor.
+
+    Parameters
+    ----------
+    mm : MovieMatrix
+        The movie or patch to fit.
+    cfg : dict of parameter groups (:func:`.config.fit_config`)
+        ``init``: gSig, gSiz, min_corr, min_pnr, ring_size_factor, ssub_B,
+        init_iter, center_psf, seed_method, nb, K; ``spatial``,
+        ``temporal``, ``merge`` as in CNMF; ``patch.border_pix``.
+    device : torch.device
+    Ain : (d, K) tensor, optional
+        Footprints to start from instead of the corr-PNR search.
+    only_init : bool
+        Stop after initialisation (residual traces computed).
+    p : int, optional
+        AR order instead of ``temporal.p`` (patches: ``p_patch``).
+    n_rounds : int
+        Rounds of (spatial, temporal, merge); the last skips merging.
+
+    Returns
+    -------
+    model : Model
+        ``b``, ``f`` empty unless ``nb > 0`` (a low-rank fit of ``B``).
+    ring : RingModel (with ``b0``)
+    extra : dict
+        ``Cn``, ``pnr``: the seed images (None when seeded).
+    """
+    from ..deconvolution import estimate_noise
+    from .initialization import hals_refine
+
+    t_all = time.perf_counter()
+    timings = {}
+    ini, pre = cfg["init"], cfg["preprocess"]
+    gSig, gSiz, radius, ssub_B = _geometry(cfg)
+    nb = int(ini["nb"])
+    p = int(cfg["temporal"]["p"]) if p is None else int(p)
+    dims, T = mm.dims, mm.T
+    t0 = time.perf_counter()
+    Y = mm.frames(0, T)
+    d = Y.shape[0]
+    Ymm = MovieMatrix(Y, device, dims=dims, memory_fact=mm.memory_fact)
+    sn = estimate_noise(Y, noise_range=tuple(pre["noise_range"]), noise_method=pre["noise_method"],
+                        max_num_samples_fft=pre["max_num_samples_fft"])
+    sn = torch.as_tensor(sn, device=device, dtype=torch.float32)
+    t0 = _tick(timings, "preprocess", t0)
+    empty_b, empty_f = Y.new_zeros((d, 0)), Y.new_zeros((0, T))
+    if Ain is None:
+        A, C, ring, extra = initialize_corr_pnr(
+            Y, gSig, gSiz, ini["min_corr"], ini["min_pnr"], ini["ring_size_factor"], ssub_B,
+            ini["init_iter"], center_psf=ini["center_psf"], seed_method=ini["seed_method"], nb=0,
+            device=device, dims=dims, K=ini["K"], noise_range=pre["noise_range"],
+            noise_method=pre["noise_method"], border_pix=cfg["patch"]["border_pix"])
+    else:
+        A = Ain
+        if A.shape[0] != d:
+            raise ParameterError(f"Ain: expected {d} rows (pixels, Fortran order), got {tuple(A.shape)}")
+        # the ring sees around each neuron, not the neuron itself, so a first
+        # background can be fitted with no traces at all; traces follow on Y - B
+        C = Y.new_zeros((A.shape[1], T))
+        for _ in range(max(1, int(ini["init_iter"]))):
+            ring = fit_ring(Y, A, C, dims, radius, ssub_B)
+            _, C, _, _ = hals_refine(subtract_background(ring, Y, A, C), dims, A, C, empty_b,
+                                     empty_f, maxIter=5, update_A=False)
+        extra = dict(Cn=None, pnr=None)
+    t0 = _tick(timings, "init", t0)
+    model = Model(A=A, C=C, b=empty_b, f=empty_f, sn=sn)
+    if only_init:
+        model.YrA = compute_residuals(RingCorrectedMovie(Ymm, A, C, ring), A, empty_b, C, empty_f)
+        _tick(timings, "residuals", t0)
+    else:
+        for it in range(max(1, int(n_rounds))):
+            if it:       # the first round uses the initialisation's ring
+                ring = fit_ring(Y, model.A, model.C, dims, radius, ssub_B)
+                t0 = _tick(timings, "background", t0)
+            mc = RingCorrectedMovie(Ymm, model.A, model.C, ring)
+            spatial_step(mc, model, cfg)
+            t0 = _tick(timings, "spatial", t0)
+            temporal_step(mc, model, cfg, p)
+            t0 = _tick(timings, "temporal", t0)
+            mc.release()
+            if cfg["merge"]["do_merge"] and it < int(n_rounds) - 1:
+                merge_step(model, cfg, p)
+                t0 = _tick(timings, "merge", t0)
+        # the final background for the final components (what W and b0 describe)
+        ring = fit_ring(Y, model.A, model.C, dims, radius, ssub_B)
+        t0 = _tick(timings, "background", t0)
+    if nb > 0:
+        from .background import nmf_hals
+        B = Y - subtract_background(ring, Y, model.A, model.C)
+        model.b, model.f = nmf_hals(B.clamp_min(0), nb)
+        del B
+        _tick(timings, "background", t0)
+    model.timings = timings
+    model.timings["total"] = time.perf_counter() - t_all
+    return model, ring, extra
+
+
+# --------------------------------------------------------------------------
+# patches
+
+def _source_ref(src):
+    """What a patch task carries to read the movie: the memory map's file
+    (re-opened read-only in the task), or the array itself when it is not
+    a whole memory-mapped file (fine in this process, pickled otherwise)."""
+    base = src
+    while isinstance(base, np.ndarray) and base.base is not None and \
+            isinstance(base.base, np.ndarray):
+        base = base.base
+    fname = getattr(src, "filename", None)
+    if (isinstance(src, np.memmap) and fname and src.flags.c_contiguous
+            and isinstance(base, np.memmap)
+            and src.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+            and src.nbytes == base.nbytes):
+        return ("memmap", str(fname), src.dtype.str, tuple(src.shape), int(src.offset))
+    return src
+
+
+def _open_ref(ref):
+    if isinstance(ref, tuple) and ref and ref[0] == "memmap":
+        _, fname, dtype, shape, offset = ref
+        return np.memmap(fname, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset)
+    return ref
+
+
+def _cnmfe_patch(task):
+    """One patch: CNMF-E on its region, results as host arrays."""
+    ref, full_dims, region, pcfg, device = task
+    device = torch.device(device)
+    mm = MovieMatrix(_open_ref(ref), device, region=region, dims=full_dims)
+    P = pcfg["patch"]
+    model, ring, extra = fit_cnmfe_fov(mm, pcfg, device, only_init=bool(P["only_init"]),
+                                       p=int(P["p_patch"]))
+    if P["remove_very_bad_comps"] and model.YrA is not None and model.K:
+        n_samples = np.ceil(pcfg["data"]["fr"] * pcfg["data"]["decay_time"])
+        model.select(~very_bad_components(model, pcfg["quality"]["SNR_lowest"], n_samples))
+    return dict(model=model_to_numpy(model), weights=ring.weights.cpu().numpy(),
+                b0=ring.b0.cpu().numpy(), offsets=ring.offsets, radius=ring.radius,
+                Cn=extra.get("Cn"), pnr=extra.get("pnr"))
+
+
+def cnmfe_regions(dims, rf, stride, ssub_B):
+    """:func:`.patches.patch_regions`, each start moved down to a multiple of
+    ``ssub_B`` so that every patch's background grid is the whole field's."""
+    s = int(ssub_B)
+    return [Region(r.y0 - r.y0 % s, r.y1, r.x0 - r.x0 % s, r.x1)
+            for r in patch_regions(dims, rf, stride)]
+
+
+def _centrality(region, dims, shape, step):
+    """Distance of each cell of a patch (on a grid of ``step`` px) to the
+    patch's edges inside the field of view (a field edge is no patch edge,
+    every patch sees the same there)."""
+    h, w = shape
+    yy = np.arange(h, dtype=float)[:, None]
+    xx = np.arange(w, dtype=float)[None, :]
+    inf = np.full((h, w), np.inf)
+    top = yy + 0 * xx if region.y0 > 0 else inf
+    bottom = (h - 1 - yy) + 0 * xx if region.y1 < dims[0] else inf
+    left = xx + 0 * yy if region.x0 > 0 else inf
+    right = (w - 1 - xx) + 0 * yy if region.x1 < dims[1] else inf
+    return np.minimum(np.minimum(top, bottom), np.minimum(left, right))
+
+
+def combine_rings(regions, parts, dims, ssub_B, device):
+    """One ring model for the field of view from the patches' models: each
+    cell of the background grid takes the weights, and each pixel the
+    ``b0``, of the patch where it sits most centrally.
+
+    Returns
+    -------
+    ring : RingModel, images : dict (``Cn``, ``pnr`` placed the same way)
+    """
+    d1, d2 = dims
+    s = int(ssub_B)
+    H, W = -(-d1 // s), -(-d2 // s)
+    n = parts[0]["weights"].shape[2]
+    weights = np.zeros((W, H, n), np.float32)
+    best = np.full((H, W), -1.0)
+    b0 = np.zeros((d1, d2), np.float32)
+    best0 = np.full((d1, d2), -1.0)
+    imgs = {k: np.zeros((d1, d2), np.float32) for k in ("Cn", "pnr")}
+    for r, part in zip(regions, parts):
+        w2, h2 = part["weights"].shape[:2]
+        gy, gx = r.y0 // s, r.x0 // s
+        c = _centrality(r, dims, (h2, w2), s)
+        sub = best[gy:gy + h2, gx:gx + w2]
+        better = c > sub
+        sub[better] = c[better]
+        wsub = weights[gx:gx + w2, gy:gy + h2]
+        wsub[better.T] = part["weights"][better.T]
+        h, w = r.dims
+        c0 = _centrality(r, dims, (h, w), 1)
+        sub0 = best0[r.y0:r.y1, r.x0:r.x1]
+        better0 = c0 > sub0
+        sub0[better0] = c0[better0]
+        b0[r.y0:r.y1, r.x0:r.x1][better0] = part["b0"].reshape(w, h).T[better0]
+        for k in imgs:
+            if part.get(k) is not None:
+                imgs[k][r.y0:r.y1, r.x0:r.x1][better0] = part[k][better0]
+    ring = RingModel(torch.as_tensor(weights, device=device), parts[0]["offsets"], tuple(dims),
+                     s, int(parts[0]["radius"]),
+                     torch.as_tensor(b0.T.reshape(-1), device=device))
+    return ring, imgs
+
+
+def _pixel_means(mm):
+    """Temporal mean of every pixel (one pass)."""
+    out = torch.empty(mm.d, dtype=torch.float32, device=mm.device)
+    for p0, p1, Yb in mm.blocks():
+        out[p0:p1] = Yb.mean(1)
+    return out
+
+
+def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
+    """CNMF-E on overlapping patches, combined (see the module docstring).
+
+    Parameters
+    ----------
+    images : (T, d1, d2) array or memory map (what ``CNMF.fit`` was given)
+    mm : MovieMatrix
+        The whole movie.
+    cfg : dict of parameter groups
+    device : torch.device
+    n_processes : int
+    dview : optional
+        Passed to :func:`.dispatch.map_patches`.
+
+    Returns
+    -------
+    model : Model, ring : RingModel, extra : dict (Cn, pnr)
+    """
+    t_all = time.perf_counter()
+    P = cfg["patch"]
+    _, _, _, ssub_B = _geometry(cfg)
+    dims, T = mm.dims, mm.T
+    regions = cnmfe_regions(dims, P["rf"], P["stride"], ssub_B)
+    pcfg = patch_config(cfg)
+    nb = int(cfg["init"]["nb"])
+    # nb <= 0: the exact ring model in every patch (nb_patch only counts
+    # with a low-rank background, as in CaImAn)
+    pcfg["init"]["nb"] = int(P["nb_patch"]) if nb > 0 else 0
+    pcfg["patch"]["border_pix"] = 0        # cleared once, on the whole field
+    src, layout, _, _ = as_pixel_matrix(images)
+    ref = _source_ref(src)
+    full_dims = dims if layout == "pixels" else None
+    tasks = [(ref, full_dims, r, pcfg, str(device)) for r in regions]
+    parts = map_patches(_cnmfe_patch, tasks, n_processes=n_processes, dview=dview,
+                        desc="CNMF-E patches")
+    t0 = time.perf_counter()
+    timings = {"patches": t0 - t_all}
+    models = [model_from_numpy(pt["model"], device) for pt in parts]
+    model, b_mask, patch_id, centrality = place_patches(regions, models, dims, T, device,
+                                                        int(P["border_pix"]))
+    ring, imgs = combine_rings(regions, parts, dims, ssub_B, device)
+    del parts, models
+    if nb > 0:
+        from .background import compress_background
+        from .spatial import update_background
+        if P["low_rank_background"]:
+            model.b, model.f = compress_background(model.b, model.f, nb)
+        else:
+            model.b_mask = b_mask
+    else:
+        model.b, model.f = model.b[:, :0], model.f[:0]
+    resolve_duplicates(model, patch_id, centrality, cfg)
+    t0 = _tick(timings, "combine", t0)
+    if nb > 0:
+        model.b = update_background(mm, model.A, model.b, model.C, model.f, model.b_mask)
+        temporal_step(mm, model, cfg)
+    else:
+        Ymean = _pixel_means(mm)
+        rounds = 1 if P["skip_refinement"] else N_ROUNDS
+        for it in range(rounds):
+            # b0 = mean of Y - A C for the current components (W stays the patches')
+            ring.b0 = Ymean - model.A @ model.C.mean(1)
+            mc = RingCorrectedMovie(mm, model.A, model.C, ring)
+            if not P["skip_refinement"]:
+                spatial_step(mc, model, cfg)
+                t0 = _tick(timings, "spatial", t0)
+            temporal_step(mc, model, cfg)
+            t0 = _tick(timings, "temporal", t0)
+            mc.release()
+            if cfg["merge"]["do_merge"] and it < rounds - 1:
+                merge_step(model, cfg)
+                t0 = _tick(timings, "merge", t0)
+        ring.b0 = Ymean - model.A @ model.C.mean(1)
+    model.timings = timings
+    model.timings["total"] = time.perf_counter() - t_all
+    return model, ring, imgs
+
+
+def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=None):
+    """CNMF-E of a movie: on patches when ``patch.rf`` is set (and no
+    footprints are given), else on the whole field of view.
+
+    Parameters
+    ----------
+    images : (T, d1, d2) array / memory map (a Fortran view of a pixels x T
+        memory map is read in place)
+    cfg : dict of parameter groups (:func:`.config.fit_config`)
+    device : torch.device
+        Resolved once by the caller.
+    Ain : (d, K) array, sparse or tensor, optional
+        Footprints to start from.
+    n_processes, dview
+        Patch workers (:func:`.dispatch.map_patches`).
+
+    Returns
+    -------
+    model : Model, ring : RingModel, extra : dict (Cn, pnr)
+    """
+    src, layout, dims, T = as_pixel_matrix(images)
+    sp_, P = cfg["spatial"], cfg["patch"]
+    block = int(sp_["block_size"]) * int(sp_["num_blocks_per_run"])
+    mm = MovieMatrix(src, device, dims=dims if layout == "pixels" else None, block_pixels=block,
+                     memory_fact=float(P["memory_fact"]), exclude=exclude)
+    _geometry(cfg)       # bad parameters fail before any work
+    if Ain is not None:
+        A0 = Ain.toarray() if sp.issparse(Ain) else Ain
+        Ain = torch.as_tensor(np.asarray(A0, dtype=np.float32) if not isinstance(A0, torch.Tensor)
+                              else A0, dtype=torch.float32, device=device)
+    try:
+        if P["rf"] is not None and Ain is None:
+            return fit_cnmfe_patches(images, mm, cfg, device, n_processes, dview)
+        return fit_cnmfe_fov(mm, cfg, device, Ain=Ain)
+    finally:
+        mm.release()
