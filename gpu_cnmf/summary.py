@@ -33,6 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .backend import frames_per_chunk, get_device, to_tensor
 from .errors import MovieError, ParameterError
@@ -323,7 +324,10 @@ def psf_kernel(gSig, center_psf: bool = True) -> np.ndarray:
         axes.append(k / k.sum())
     psf = np.outer(axes[0], axes[1])
     if center_psf:
-        inside = psf >= max(psf[0].max(), psf[:, 0].max())
+        # the disk: where the kernel is at least its largest value on the
+        # first row (CNMF-E's rule; the same disk as the corners' level set
+        # for a round kernel)
+        inside = psf >= psf[0].max()
         psf = np.where(inside, psf - psf[inside].mean(), 0.0)
     return psf
 
@@ -347,9 +351,11 @@ def _symmetric_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
     return torch.cat([head, x, tail], dim)
 
 
-def spatial_filter(frames: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
-    """Correlate each 2D frame of ``(n, d1, d2)`` with ``kernel`` (odd sizes),
-    symmetric ('reflect' in scipy.ndimage) borders, by FFT.
+def spatial_filter(frames: torch.Tensor, kernel: np.ndarray, border: str = "reflect") -> torch.Tensor:
+    """Correlate each 2D frame of ``(n, d1, d2)`` with ``kernel`` (odd sizes)
+    by FFT; ``border`` 'reflect' (symmetric, as scipy.ndimage's 'reflect')
+    or 'replicate' (edge pixels repeated, OpenCV's BORDER_REPLICATE, which
+    CNMF-E's seed filter uses).
     """
     if frames.ndim != 3:
         raise MovieError(f"movie: spatial filtering needs 2D frames, got shape "
@@ -358,7 +364,12 @@ def spatial_filter(frames: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     k1, k2 = kernel.shape
     r1, r2 = k1 // 2, k2 // 2
     dev = frames.device
-    x = _symmetric_pad(_symmetric_pad(frames, r1, 1), r2, 2)
+    if border == "replicate":
+        x = F.pad(frames[:, None], (r2, r2, r1, r1), mode="replicate")[:, 0]
+    elif border == "reflect":
+        x = _symmetric_pad(_symmetric_pad(frames, r1, 1), r2, 2)
+    else:
+        raise ParameterError(f"border: expected 'reflect' or 'replicate', got {border!r}")
     P1, P2 = d1 + 2 * r1, d2 + 2 * r2
     # kernel flipped (correlation) and rolled so its centre sits at (0, 0);
     # the padding is wide enough that the circular wrap never reaches the
@@ -440,7 +451,7 @@ def _pnr_pass(movie, gSig, center_psf, swap_dim, device, chunk_frames,
     noise = _WelchNoise(T, tuple(dims), device, noise_range, noise_method)
     for _s, x in iter_movie(movie, chunk_frames, device, swap_dim, copies=8):
         if kernel is not None:
-            x = spatial_filter(x, kernel)
+            x = spatial_filter(x, kernel, border="replicate")
         mom.update(x)
         noise.update(x)
     return kernel, mom, noise.std()
@@ -479,37 +490,16 @@ def _pnr(mom, sn):
 def correlation_pnr(movie, gSig, center_psf: bool = True, swap_dim: bool = False,
                     threshold: float = 3.0, noise_range=(0.25, 0.5),
                     noise_method: str = "mean", use_cuda=False,
-                    chunk_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """CNMF-E's correlation and peak-to-noise ratio images.
+                    chunk_frames: int | None = None,
+                    background_filter: str = "disk") -> tuple[np.ndarray, np.ndarray]:
+    """CNMF-E's correlation and peak-to-noise ratio images: see
+    :func:`gpu_cnmf.cnmf.corr_pnr.correlation_pnr` (the definition)."""
+    from .cnmf.corr_pnr import correlation_pnr as _core
 
-    The frames are filtered with :func:`psf_kernel` ``(gSig, center_psf)``;
-    ``pnr`` is :func:`pnr_image` of the filtered movie; ``Cn`` is the
-    8-neighbour local correlation image of the filtered movie standardised
-    by its mean and noise, with values below ``threshold`` noise stds set to
-    0, so that only large positive transients (neurons firing) correlate.
-
-    Two passes over the movie (one for mean and noise, one for the
-    correlations).
-
-    Returns
-    -------
-    Cn, pnr : ndarray, float32, ``dims``
-    """
-    device = get_device(use_cuda)
     if gSig is None:
         raise ParameterError("gSig: correlation_pnr needs the neuron size gSig "
                              "(e.g. [3, 3] for 1p data)")
-    kernel, mom, sn = _pnr_pass(movie, gSig, center_psf, swap_dim, device, chunk_frames,
-                                noise_range, noise_method)
-    pnr = _pnr(mom, sn)
-    mean = mom.mean().to(torch.float32)
-    inv = torch.where(sn > 0, 1.0 / sn.clamp_min(1e-300), torch.zeros_like(sn)).to(torch.float32)
-
-    def standardise(x):
-        z = (spatial_filter(x, kernel) - mean) * inv
-        return torch.where(z >= threshold, z, torch.zeros_like(z))
-
-    T, dims = movie_shape(movie, swap_dim)
-    cmom = _accumulate(movie, neighbour_offsets(len(dims), True), device, chunk_frames,
-                       swap_dim, transform=standardise)
-    return _host(cmom.correlation_image()), _host(pnr)
+    return _core(movie, gSig, center_psf=center_psf, swap_dim=swap_dim,
+                 background_filter=background_filter, threshold=threshold,
+                 noise_range=noise_range, noise_method=noise_method, use_cuda=use_cuda,
+                 chunk_frames=chunk_frames)

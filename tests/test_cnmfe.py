@@ -305,3 +305,122 @@ def test_no_seeds_in_the_border(movie):
     assert ((s0 < bp) | (s0 >= DIMS[0] - bp)).any()      # the test movie has cells there
     with pytest.raises(ParameterError, match="border_pix"):
         initialize_corr_pnr(mov, 4, border_pix=-1)
+
+
+# ------------------------------------------------------- correlation_pnr
+
+def _loop_correlation_pnr(Y, kernel, threshold=3.0):
+    """CNMF-E's definition written out pixel by pixel (the reference)."""
+    T, d1, d2 = Y.shape
+    k1, k2 = kernel.shape
+    r1, r2 = k1 // 2, k2 // 2
+    Yf = np.zeros_like(Y, dtype=float)
+    for t in range(T):
+        for i in range(d1):
+            for j in range(d2):
+                acc = 0.0
+                for a in range(k1):
+                    for b in range(k2):
+                        ii = min(max(i + a - r1, 0), d1 - 1)     # edge pixels repeated
+                        jj = min(max(j + b - r2, 0), d2 - 1)
+                        acc += kernel[a, b] * Y[t, ii, jj]
+                Yf[t, i, j] = acc
+    y = Yf - Yf.mean(0)
+    # noise: high-frequency band (0.25-0.5 of the frame rate) of the
+    # Hann-tapered power spectrum (one piece: T <= 256)
+    w = np.hanning(T)
+    spec = np.fft.rfft((Yf - Yf.mean(0)) * w[:, None, None], axis=0)
+    f = np.fft.rfftfreq(T)
+    band = (f >= 0.25) & (f <= 0.5)
+    sn = np.sqrt((np.abs(spec[band]) ** 2).mean(0) / (w ** 2).sum())
+    pnr = np.maximum(y.max(0) / sn, 0)
+    z = y / sn
+    z[z < threshold] = 0
+    Cn = np.zeros((d1, d2))
+    for i in range(d1):
+        for j in range(d2):
+            rs = []
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    if (di or dj) and 0 <= i + di < d1 and 0 <= j + dj < d2:
+                        a, b = z[:, i, j], z[:, i + di, j + dj]
+                        rs.append(0.0 if a.std() == 0 or b.std() == 0 else np.corrcoef(a, b)[0, 1])
+            Cn[i, j] = np.mean(rs)
+    return Cn, pnr
+
+
+@pytest.mark.parametrize("background_filter", ["disk", "box"])
+def test_correlation_pnr_follows_its_definition(background_filter):
+    from gpu_cnmf.cnmf.corr_pnr import correlation_pnr, seed_kernel
+
+    mov, _ = make_movie("1p", dims=(14, 12), n_frames=96, n_neurons=3, seed=5, gSig=(2, 2))
+    mov = np.asarray(mov, dtype=np.float64)
+    kernel = seed_kernel([1.5, 1.5], True, background_filter)
+    assert kernel.shape == (7, 7)
+    Cn_ref, pnr_ref = _loop_correlation_pnr(mov, kernel)
+    Cn, pnr = correlation_pnr(mov.astype(np.float32), [1.5, 1.5], background_filter=background_filter)
+    np.testing.assert_allclose(pnr, pnr_ref, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(Cn, Cn_ref, atol=2e-3)
+    assert Cn.max() > 0.3                    # the transients above threshold correlate
+    # time last (swap_dim) reads the same movie
+    Cn2, pnr2 = correlation_pnr(np.moveaxis(mov, 0, -1).astype(np.float32), [1.5, 1.5],
+                                swap_dim=True, background_filter=background_filter)
+    np.testing.assert_allclose(Cn2, Cn, atol=1e-6)
+    np.testing.assert_allclose(pnr2, pnr, rtol=1e-6)
+
+
+def test_seed_kernel_filters():
+    from gpu_cnmf.cnmf.corr_pnr import seed_kernel
+
+    disk = seed_kernel(3, True, "disk")
+    assert disk.shape == (13, 13) and abs(disk.sum()) < 1e-9
+    assert disk[0, 0] == 0 and disk[6, 6] > 0              # zero outside the disk
+    box = seed_kernel(3, True, "box")
+    assert abs(box.sum()) < 1e-9 and np.all(box[0] < 0)    # Gaussian minus its window mean
+    blur = seed_kernel(3, False)
+    assert abs(blur.sum() - 1) < 1e-9
+    with pytest.raises(ParameterError, match="background_filter"):
+        seed_kernel(3, True, "ring")
+
+
+# ---------------------------------------------------------------- patches
+
+# The whole-field fit of the module's movie scored F1 0.980 and median trace
+# correlation 0.971 (benchmarks/bench_cnmfe_patches.py, before patches existed).
+WHOLE_FIELD_F1, WHOLE_FIELD_R = 0.98, 0.97
+
+
+def test_cnmfe_on_patches_streams_the_background(movie, monkeypatch):
+    """rf/stride: CNMF-E on 4 patches read from the movie, combined; as
+    accurate as the whole-field fit, and (under a budget far below the
+    movie) the whole field's background is applied to chunks of frames
+    only, never made as a pixels x T array."""
+    from gpu_cnmf import CNMF
+    from gpu_cnmf.cnmf import ring_model
+    from gpu_cnmf.cnmf.cnmfe import cnmfe_regions
+
+    mov, truth = movie
+    d = DIMS[0] * DIMS[1]
+    assert len(cnmfe_regions(DIMS, 32, 16, 2)) == 4
+    shapes = []
+    real = ring_model.ring_fluctuation
+
+    def spy(ring, R):
+        out = real(ring, R)
+        shapes.append((ring.dims, tuple(out.shape)))
+        return out
+
+    monkeypatch.setattr(ring_model, "ring_fluctuation", spy)
+    monkeypatch.setenv("GPU_CNMF_MEMORY_BUDGET", str(8 * 2 ** 20))     # the movie: 22 MB
+    params = _params(rf=32, stride=16, nb_patch=0, del_duplicates=True, low_rank_background=None)
+    est = CNMF(params=params).fit(mov).estimates
+    r = roi_f1(truth.A, est.A, DIMS)
+    corr = trace_correlation(truth.C, est.C, r["matched_true"], r["matched_est"])
+    assert r["f1"] >= WHOLE_FIELD_F1, r
+    assert np.median(corr) >= WHOLE_FIELD_R
+    full = [s for dims, s in shapes if dims == DIMS]
+    assert full and all(s == (d, s[1]) and s[1] < T // 4 for s in full), full[:3]
+    # the background is kept as CaImAn keeps it: W on the ssub_B grid and b0
+    assert est.W.shape == (48 * 48, 48 * 48) and est.b0.shape == (d,)
+    assert est.b.shape == (d, 0)
+    assert est.C.shape == (est.A.shape[1], T)

@@ -324,7 +324,10 @@ def combine_rings(regions, parts, dims, ssub_B, device):
 
     Returns
     -------
-    ring : RingModel, images : dict (``Cn``, ``pnr`` placed the same way)
+    ring : RingModel
+    images : dict
+        ``Cn``, ``pnr`` placed the same way, and ``owner``: (d1, d2) index
+        of the patch each pixel belongs to.
     """
     d1, d2 = dims
     s = int(ssub_B)
@@ -335,7 +338,8 @@ def combine_rings(regions, parts, dims, ssub_B, device):
     b0 = np.zeros((d1, d2), np.float32)
     best0 = np.full((d1, d2), -1.0)
     imgs = {k: np.zeros((d1, d2), np.float32) for k in ("Cn", "pnr")}
-    for r, part in zip(regions, parts):
+    owner = np.zeros((d1, d2), np.int64)
+    for i, (r, part) in enumerate(zip(regions, parts)):
         w2, h2 = part["weights"].shape[:2]
         gy, gx = r.y0 // s, r.x0 // s
         c = _centrality(r, dims, (h2, w2), s)
@@ -349,6 +353,7 @@ def combine_rings(regions, parts, dims, ssub_B, device):
         sub0 = best0[r.y0:r.y1, r.x0:r.x1]
         better0 = c0 > sub0
         sub0[better0] = c0[better0]
+        owner[r.y0:r.y1, r.x0:r.x1][better0] = i
         b0[r.y0:r.y1, r.x0:r.x1][better0] = part["b0"].reshape(w, h).T[better0]
         for k in imgs:
             if part.get(k) is not None:
@@ -356,7 +361,29 @@ def combine_rings(regions, parts, dims, ssub_B, device):
     ring = RingModel(torch.as_tensor(weights, device=device), parts[0]["offsets"], tuple(dims),
                      s, int(parts[0]["radius"]),
                      torch.as_tensor(b0.T.reshape(-1), device=device))
+    imgs["owner"] = owner
     return ring, imgs
+
+
+def owned_components(A, patch_id, owner, dims):
+    """Components whose centre lies where their own patch is the most
+    central one (a neuron cut by a patch's edge is kept from the patch that
+    sees it whole; the cut copy is a duplicate).
+
+    Returns
+    -------
+    (K,) bool tensor
+    """
+    d1, d2 = dims
+    if A.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.bool, device=A.device)
+    ii = torch.arange(d1, device=A.device, dtype=torch.float32).repeat(d2)
+    jj = torch.arange(d2, device=A.device, dtype=torch.float32).repeat_interleave(d1)
+    wsum = A.sum(0).clamp_min(1e-12)
+    ci = ((ii @ A) / wsum).round().long().clamp(0, d1 - 1).cpu().numpy()
+    cj = ((jj @ A) / wsum).round().long().clamp(0, d2 - 1).cpu().numpy()
+    own = torch.as_tensor(owner[ci, cj], device=A.device)
+    return own == patch_id.long()
 
 
 def _pixel_means(mm):
@@ -418,6 +445,11 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
             model.b_mask = b_mask
     else:
         model.b, model.f = model.b[:, :0], model.f[:0]
+    if P["del_duplicates"]:
+        keep = owned_components(model.A, patch_id, imgs.pop("owner"), dims)
+        model.select(keep)
+        patch_id, centrality = patch_id[keep], centrality[keep]
+    imgs.pop("owner", None)
     resolve_duplicates(model, patch_id, centrality, cfg)
     t0 = _tick(timings, "combine", t0)
     if nb > 0:

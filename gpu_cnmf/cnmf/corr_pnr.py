@@ -108,13 +108,121 @@ def check_parameters(gSig, gSiz, min_corr, min_pnr, ring_size_factor, ssub_B, in
 # --------------------------------------------------------------------------
 # images
 
+BACKGROUND_FILTERS = ("disk", "box")
+# CNMF-E's seed filter repeats the edge pixels beyond the frame (OpenCV's
+# BORDER_REPLICATE, what CaImAn filters with).
+BORDER = "replicate"
+
+
+def seed_kernel(gSig, center_psf=True, background_filter="disk"):
+    """The spatial filter of CNMF-E's seed images.
+
+    A Gaussian of std ``gSig`` sampled over ``+/- int(2 gSig)`` pixels and
+    normalised to sum 1 (:func:`gpu_cnmf.summary.psf_kernel`). With
+    ``center_psf`` it becomes a high-pass ("difference") filter that removes
+    the smooth background: ``'disk'`` subtracts the kernel's mean over the
+    disk where it exceeds its value at the border and zeroes it outside;
+    ``'box'`` subtracts the plain mean over the whole window (a Gaussian
+    blur minus a box-filtered local mean). Without ``center_psf``: the
+    Gaussian (a blur).
+
+    Returns
+    -------
+    (2 int(2 gSig[0]) + 1, 2 int(2 gSig[1]) + 1) ndarray
+    """
+    if background_filter not in BACKGROUND_FILTERS:
+        raise ParameterError(f"background_filter: expected 'disk' or 'box', got {background_filter!r}")
+    if not center_psf or background_filter == "disk":
+        return psf_kernel(gSig, bool(center_psf))
+    g = psf_kernel(gSig, False)
+    return g - 1.0 / g.size
+
+
+def correlation_pnr(Y, gSig=None, center_psf=True, swap_dim=False, background_filter="disk",
+                    threshold=Z_THRESHOLD, noise_range=(0.25, 0.5), noise_method="mean",
+                    use_cuda=False, chunk_frames=None):
+    """CNMF-E's correlation and peak-to-noise ratio (PNR) images.
+
+    The definition (Zhou et al. 2018, eLife, and CaImAn's documented
+    behaviour):
+
+    1. each frame is filtered with :func:`seed_kernel` (``gSig``,
+       ``center_psf``, ``background_filter``), edge pixels repeated beyond
+       the frame; ``gSig=None`` skips the filter;
+    2. the filtered trace ``y`` of each pixel has its temporal mean removed;
+       its noise ``sn`` is read from the high-frequency part
+       (``noise_range``, fractions of the frame rate) of its power spectral
+       density (Hann-tapered 256-frame pieces, ``noise_method`` over the
+       band); ``pnr = max_t y / sn``, negative values set to 0;
+    3. ``z = y / sn`` with values below ``threshold`` (3) set to 0, so only
+       large positive transients remain; ``Cn`` is, for each pixel, the mean
+       Pearson correlation of ``z`` with that of each of its 8 neighbours
+       (those inside the frame); a constant ``z`` correlates 0.
+
+    Two passes over the movie, chunk by chunk (mean, maximum and noise;
+    then the thresholded correlations).
+
+    Parameters
+    ----------
+    Y : (T, d1, d2) array, memory map, tensor or MovieSource
+        ``(d1, d2, T)`` with ``swap_dim``.
+    gSig : float or (float, float), optional
+    center_psf : bool
+    swap_dim : bool
+        Time is the last axis.
+    background_filter : 'disk' or 'box'
+    threshold : float
+    noise_range, noise_method
+    use_cuda : bool or device
+    chunk_frames : int, optional
+
+    Returns
+    -------
+    Cn, pnr : float32 ndarray (d1, d2)
+    """
+    from ..backend import get_device
+    from ..summary import _accumulate, _host, _WelchNoise, iter_movie, movie_shape
+
+    device = get_device(use_cuda)
+    kernel = None if gSig is None else seed_kernel(gSig, center_psf, background_filter)
+
+    def filt(x):
+        return x if kernel is None else spatial_filter(x, kernel, border=BORDER)
+
+    T, dims = movie_shape(Y, swap_dim)
+    if len(dims) != 2:
+        raise ParameterError(f"Y: correlation_pnr needs 2D frames, got frames of shape {tuple(dims)}")
+    mom = PixelMoments(dims=tuple(dims), device=device)
+    noise = _WelchNoise(T, tuple(dims), device, tuple(noise_range), noise_method)
+    for _s, x in iter_movie(Y, chunk_frames, device, swap_dim, copies=8):
+        x = filt(x)
+        mom.update(x)
+        noise.update(x)
+    sn = noise.std()
+    mean = mom.mean()
+    peak = mom.mx.double() - mean
+    pnr = torch.where(sn > 0, peak / sn.clamp_min(1e-300), torch.zeros_like(peak)).clamp_min(0)
+    mean = mean.to(torch.float32)
+    inv = torch.where(sn > 0, 1.0 / sn.clamp_min(1e-300), torch.zeros_like(sn)).to(torch.float32)
+
+    def thresholded(x):
+        z = (filt(x) - mean) * inv
+        return torch.where(z >= threshold, z, torch.zeros_like(z))
+
+    cmom = _accumulate(Y, neighbour_offsets(2, True), device, chunk_frames, swap_dim,
+                       transform=thresholded)
+    return _host(cmom.correlation_image()), _host(pnr)
+
+
+
 def filter_movie(frames, kernel):
-    """:func:`gpu_cnmf.summary.spatial_filter` over (T, d1, d2) in chunks."""
+    """The seed filter (:func:`seed_kernel`, edges replicated) over
+    (T, d1, d2) in chunks."""
     T, d1, d2 = frames.shape
     out = torch.empty((T, d1, d2), dtype=torch.float32, device=frames.device)
     step = max(1, _CHUNK_ELEMS // (d1 * d2))
     for t0 in range(0, T, step):
-        out[t0:t0 + step] = spatial_filter(frames[t0:t0 + step], kernel)
+        out[t0:t0 + step] = spatial_filter(frames[t0:t0 + step], kernel, border=BORDER)
     return out
 
 
@@ -355,7 +463,7 @@ def greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked, max_neur
         found += A_img.shape[0]
         # subtract from the raw and the filtered residual (filtering is linear)
         Yres -= (C.T @ A_img.reshape(-1, h * w)).reshape(T, h, w)
-        Af = spatial_filter(A_img, kernel)
+        Af = spatial_filter(A_img, kernel, border=BORDER)
         Yf -= (C.T @ Af.reshape(-1, h * w)).reshape(T, h, w)
         imgs.append(A_img)
         traces.append(C)
