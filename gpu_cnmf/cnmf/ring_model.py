@@ -207,6 +207,7 @@ class RingModel:
         w2, h2, T = Xd.shape
         r = int(np.abs(self.offsets).max())
         out = torch.zeros_like(Xd)
+        wk = self.weights.permute(2, 0, 1).unsqueeze(-1)              # (n, w2, h2, 1)
         # rows of x (the slowest axis) in chunks bound the padded copy
         step = max(1, int(2 ** 25 // max(1, (h2 + 2 * r) * T)))
         for x0 in range(0, w2, step):
@@ -215,8 +216,8 @@ class RingModel:
             pad = F.pad(Xd[lo:hi], (0, 0, r, r, r - (x0 - lo), r - (hi - x1)))
             acc = out[x0:x1]
             for k, (dy, dx) in enumerate(self.offsets):
-                acc += self.weights[x0:x1, :, k, None] * \
-                    pad[r + dx:r + dx + x1 - x0, r + dy:r + dy + h2]
+                # fused multiply-add in place: no frame-sized temporary per offset
+                acc.addcmul_(wk[k, x0:x1], pad[r + dx:r + dx + x1 - x0, r + dy:r + dy + h2])
         return out
 
     def to_sparse(self):
