@@ -221,13 +221,27 @@ class CNMF:
         field or on patches, see :mod:`gpu_cnmf.cnmf.cnmfe`."""
         from .cnmfe import fit_cnmfe
 
+        from .ring_model import RingModel
+        from .ring_movie import grid_factor
+
         cfg = fit_config(self.params)
-        Ain = self.Ain
+        Ain, start, est = self.Ain, None, self.estimates
         if Ain is None and getattr(self, "_refit_from", False):
-            Ain = self.estimates.A   # refit: start from the fitted footprints
+            if est.W is not None and est.b0 is not None and est.C is not None:
+                # refit: rounds streamed on the fitted ring background
+                t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
+                A = t(sp.csc_matrix(est.A).toarray())
+                ring = RingModel.from_sparse(est.W, est.dims, grid_factor(est.W.shape, est.dims),
+                                             est.b0, device)
+                model = Model(A=A, C=t(est.C), b=A.new_zeros((A.shape[0], 0)),
+                              f=A.new_zeros((0, est.C.shape[1])), sn=t(est.sn))
+                start = (model, ring)
+            else:
+                Ain = est.A   # start from the fitted footprints
         n_proc = self.n_processes if self.n_processes > 1 else int(cfg["patch"]["n_processes"] or 1)
         model, ring, extra = fit_cnmfe(images, cfg, device, Ain=Ain, n_processes=n_proc,
-                                       dview=self.dview, exclude=cfg["preprocess"]["pixels"])
+                                       dview=self.dview, exclude=cfg["preprocess"]["pixels"],
+                                       start=start)
         model.timings["total"] = time.perf_counter() - t_start
         self._store(model, ring.dims, ring=ring, images=extra)
         return self

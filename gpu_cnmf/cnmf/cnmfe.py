@@ -41,7 +41,7 @@ import torch
 from ..backend import memory_budget
 from ..errors import ParameterError
 from .corr_pnr import check_parameters, initialize_corr_pnr
-from .dispatch import map_patches
+from .dispatch import map_patches, movie_handle
 from .engine import Model, merge_step, model_from_numpy, model_to_numpy, spatial_step, \
     temporal_step
 from .patches import patch_config, patch_regions, place_patches, resolve_duplicates, \
@@ -254,35 +254,12 @@ def fit_cnmfe_fov(mm, cfg, device, Ain=None, only_init=False, p=None, n_rounds=N
 # --------------------------------------------------------------------------
 # patches
 
-def _source_ref(src):
-    """What a patch task carries to read the movie: the memory map's file
-    (re-opened read-only in the task), or the array itself when it is not
-    a whole memory-mapped file (fine in this process, pickled otherwise)."""
-    base = src
-    while isinstance(base, np.ndarray) and base.base is not None and \
-            isinstance(base.base, np.ndarray):
-        base = base.base
-    fname = getattr(src, "filename", None)
-    if (isinstance(src, np.memmap) and fname and src.flags.c_contiguous
-            and isinstance(base, np.memmap)
-            and src.__array_interface__["data"][0] == base.__array_interface__["data"][0]
-            and src.nbytes == base.nbytes):
-        return ("memmap", str(fname), src.dtype.str, tuple(src.shape), int(src.offset))
-    return src
-
-
-def _open_ref(ref):
-    if isinstance(ref, tuple) and ref and ref[0] == "memmap":
-        _, fname, dtype, shape, offset = ref
-        return np.memmap(fname, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset)
-    return ref
-
-
 def _cnmfe_patch(task):
     """One patch: CNMF-E on its region, results as host arrays."""
-    ref, full_dims, region, pcfg, device = task
+    handle, region, pcfg, device = task
     device = torch.device(device)
-    mm = MovieMatrix(_open_ref(ref), device, region=region, dims=full_dims)
+    src, full_dims = handle.open()
+    mm = MovieMatrix(src, device, region=region, dims=full_dims)
     P = pcfg["patch"]
     model, ring, extra = fit_cnmfe_fov(mm, pcfg, device, only_init=bool(P["only_init"]),
                                        p=int(P["p_patch"]))
@@ -394,6 +371,32 @@ def _pixel_means(mm):
     return out
 
 
+def refine_on_ring(mm, model, ring, cfg, timings, spatial=True, n_rounds=N_ROUNDS):
+    """Rounds of (spatial, temporal, merge) on ``Y - B`` streamed frame chunk
+    by frame chunk, the ring weights ``W`` kept and ``b0`` (the mean of
+    ``Y - A C``) updated with the components: after patches, and in a refit.
+
+    ``model`` and ``ring.b0`` are updated in place.
+    """
+    t0 = time.perf_counter()
+    Ymean = _pixel_means(mm)
+    rounds = max(1, int(n_rounds)) if spatial else 1
+    for it in range(rounds):
+        ring.b0 = Ymean - model.A @ model.C.mean(1)
+        mc = RingCorrectedMovie(mm, model.A, model.C, ring)
+        if spatial:
+            spatial_step(mc, model, cfg)
+            t0 = _tick(timings, "spatial", t0)
+        temporal_step(mc, model, cfg)
+        t0 = _tick(timings, "temporal", t0)
+        mc.release()
+        if cfg["merge"]["do_merge"] and it < rounds - 1:
+            merge_step(model, cfg)
+            t0 = _tick(timings, "merge", t0)
+    ring.b0 = Ymean - model.A @ model.C.mean(1)
+    return model, ring
+
+
 def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
     """CNMF-E on overlapping patches, combined (see the module docstring).
 
@@ -423,12 +426,17 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
     # with a low-rank background, as in CaImAn)
     pcfg["init"]["nb"] = int(P["nb_patch"]) if nb > 0 else 0
     pcfg["patch"]["border_pix"] = 0        # cleared once, on the whole field
-    src, layout, _, _ = as_pixel_matrix(images)
-    ref = _source_ref(src)
-    full_dims = dims if layout == "pixels" else None
-    tasks = [(ref, full_dims, r, pcfg, str(device)) for r in regions]
-    parts = map_patches(_cnmfe_patch, tasks, n_processes=n_processes, dview=dview,
-                        desc="CNMF-E patches")
+    if device.type != "cpu":
+        n_processes = 1        # on a GPU each patch already fills the device
+    handle = movie_handle(images, by_path=dview is not None)
+    # patches on a cluster run on the workers' own device
+    dev = device.type if dview is not None else str(device)
+    tasks = [(handle, r, pcfg, dev) for r in regions]
+    try:
+        parts = map_patches(_cnmfe_patch, tasks, n_processes=n_processes, dview=dview,
+                            desc="CNMF-E patches")
+    finally:
+        handle.cleanup()
     t0 = time.perf_counter()
     timings = {"patches": t0 - t_all}
     models = [model_from_numpy(pt["model"], device) for pt in parts]
@@ -456,30 +464,17 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
         model.b = update_background(mm, model.A, model.b, model.C, model.f, model.b_mask)
         temporal_step(mm, model, cfg)
     else:
-        Ymean = _pixel_means(mm)
-        rounds = 1 if P["skip_refinement"] else N_ROUNDS
-        for it in range(rounds):
-            # b0 = mean of Y - A C for the current components (W stays the patches')
-            ring.b0 = Ymean - model.A @ model.C.mean(1)
-            mc = RingCorrectedMovie(mm, model.A, model.C, ring)
-            if not P["skip_refinement"]:
-                spatial_step(mc, model, cfg)
-                t0 = _tick(timings, "spatial", t0)
-            temporal_step(mc, model, cfg)
-            t0 = _tick(timings, "temporal", t0)
-            mc.release()
-            if cfg["merge"]["do_merge"] and it < rounds - 1:
-                merge_step(model, cfg)
-                t0 = _tick(timings, "merge", t0)
-        ring.b0 = Ymean - model.A @ model.C.mean(1)
+        refine_on_ring(mm, model, ring, cfg, timings, spatial=not P["skip_refinement"])
     model.timings = timings
     model.timings["total"] = time.perf_counter() - t_all
     return model, ring, imgs
 
 
-def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=None):
+def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=None,
+              start=None):
     """CNMF-E of a movie: on patches when ``patch.rf`` is set (and no
-    footprints are given), else on the whole field of view.
+    footprints are given), else on the whole field of view; or, from a
+    previous fit (``start``), rounds streamed on its ring background.
 
     Parameters
     ----------
@@ -492,6 +487,11 @@ def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=
         Footprints to start from.
     n_processes, dview
         Patch workers (:func:`.dispatch.map_patches`).
+    exclude : array of int, optional
+        Pixels read as zero.
+    start : (Model, RingModel), optional
+        A fit to refine (refit): :func:`refine_on_ring`, never the movie
+        whole in memory.
 
     Returns
     -------
@@ -508,6 +508,14 @@ def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=
         Ain = torch.as_tensor(np.asarray(A0, dtype=np.float32) if not isinstance(A0, torch.Tensor)
                               else A0, dtype=torch.float32, device=device)
     try:
+        if start is not None:
+            model, ring = start
+            timings = {}
+            t0 = time.perf_counter()
+            refine_on_ring(mm, model, ring, cfg, timings)
+            timings["total"] = time.perf_counter() - t0
+            model.timings = timings
+            return model, ring, {}
         if P["rf"] is not None and Ain is None:
             return fit_cnmfe_patches(images, mm, cfg, device, n_processes, dview)
         return fit_cnmfe_fov(mm, cfg, device, Ain=Ain)

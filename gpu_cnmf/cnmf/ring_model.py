@@ -220,6 +220,29 @@ class RingModel:
                 acc.addcmul_(wk[k, x0:x1], pad[r + dx:r + dx + x1 - x0, r + dy:r + dy + h2])
         return out
 
+    @classmethod
+    def from_sparse(cls, W, dims, ssub_B, b0=None, device="cpu"):
+        """The model of a sparse ``W`` (as :meth:`to_sparse` writes it, or
+        CaImAn's ``estimates.W``) over the ``ssub_B`` grid of ``dims``."""
+        d1, d2 = (int(x) for x in dims)
+        s = int(ssub_B)
+        h, w = -(-d1 // s), -(-d2 // s)
+        W = sp.coo_matrix(W)
+        if W.shape != (h * w, h * w):
+            raise ParameterError(f"W: expected a ({h * w}, {h * w}) matrix for frames {dims} "
+                                 f"downsampled by ssub_B={s}, got {W.shape}")
+        ri, rj, ci, cj = W.row % h, W.row // h, W.col % h, W.col // h
+        off, inv = np.unique(np.stack([ci - ri, cj - rj], 1), axis=0, return_inverse=True)
+        if len(off) == 0:
+            raise ParameterError("W: the ring-weight matrix is empty")
+        weights = np.zeros((w, h, len(off)), np.float32)
+        weights[rj, ri, inv.ravel()] = W.data
+        radius = max(1, int(round(float(np.hypot(off[:, 0], off[:, 1]).max()) * s)))
+        b0 = None if b0 is None else torch.as_tensor(np.asarray(b0, np.float32).ravel(),
+                                                     device=device)
+        return cls(torch.as_tensor(weights, device=device), off.astype(np.int64), (d1, d2), s,
+                   radius, b0)
+
     def to_sparse(self):
         """``W`` as a scipy CSR matrix over the downsampled grid's pixels in
         Fortran order (CaImAn's ``estimates.W``)."""
