@@ -252,6 +252,21 @@ def test_cnmf_class_routes_1p_and_saves(tmp_path):
     assert (back.W != est.W).nnz == 0
     np.testing.assert_array_equal(back.b0, est.b0)
     np.testing.assert_array_equal(back.C, est.C)
+    # refit: rounds on the fitted ring background (W kept, b0 updated)
+    ref = cnm.refit(movie).estimates
+    s2 = roi_f1(truth.A, ref.A, truth.dims)
+    assert s2["f1"] >= 0.85
+    assert (ref.W != est.W).nnz == 0 and ref.b0.shape == est.b0.shape
+
+
+def test_ring_model_from_sparse_round_trip(fit_cpu):
+    ring = fit_cpu["ring"]
+    back = RingModel.from_sparse(fit_cpu["W"], DIMS, 2, fit_cpu["b0"])
+    assert back.dims == DIMS and back.ssub_B == 2
+    X = torch.randn(DIMS[0] * DIMS[1], 7, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(back.subtract(X).numpy(), ring.subtract(X).numpy(), atol=1e-4)
+    with pytest.raises(ParameterError, match="W"):
+        RingModel.from_sparse(fit_cpu["W"], DIMS, 3)
 
 
 def test_background_removed_source_equals_ring_model(movie, fit_cpu):

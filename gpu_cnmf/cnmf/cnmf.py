@@ -227,7 +227,7 @@ class CNMF:
         cfg = fit_config(self.params)
         Ain, start, est = self.Ain, None, self.estimates
         if Ain is None and getattr(self, "_refit_from", False):
-            if est.W is not None and est.b0 is not None and est.C is not None:
+            if all(x is not None for x in (est.W, est.b0, est.C, est.sn)):
                 # refit: rounds streamed on the fitted ring background
                 t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
                 A = t(sp.csc_matrix(est.A).toarray())
@@ -242,6 +242,8 @@ class CNMF:
         model, ring, extra = fit_cnmfe(images, cfg, device, Ain=Ain, n_processes=n_proc,
                                        dview=self.dview, exclude=cfg["preprocess"]["pixels"],
                                        start=start)
+        if start is not None:
+            extra = dict(Cn=est.Cn, pnr=est.pnr)
         model.timings["total"] = time.perf_counter() - t_start
         self._store(model, ring.dims, ring=ring, images=extra)
         return self
