@@ -279,9 +279,9 @@ def cnmfe_regions(dims, rf, stride, ssub_B):
             for r in patch_regions(dims, rf, stride)]
 
 
-def _centrality(region, dims, shape, step):
-    """Distance of each cell of a patch (on a grid of ``step`` px) to the
-    patch's edges inside the field of view (a field edge is no patch edge,
+def _centrality(region, dims, shape):
+    """Distance of each cell of a patch's (h, w) grid to the patch's edges
+    inside the field of view (a field edge is no patch edge,
     every patch sees the same there)."""
     h, w = shape
     yy = np.arange(h, dtype=float)[:, None]
@@ -319,14 +319,14 @@ def combine_rings(regions, parts, dims, ssub_B, device):
     for i, (r, part) in enumerate(zip(regions, parts)):
         w2, h2 = part["weights"].shape[:2]
         gy, gx = r.y0 // s, r.x0 // s
-        c = _centrality(r, dims, (h2, w2), s)
+        c = _centrality(r, dims, (h2, w2))
         sub = best[gy:gy + h2, gx:gx + w2]
         better = c > sub
         sub[better] = c[better]
         wsub = weights[gx:gx + w2, gy:gy + h2]
         wsub[better.T] = part["weights"][better.T]
         h, w = r.dims
-        c0 = _centrality(r, dims, (h, w), 1)
+        c0 = _centrality(r, dims, (h, w))
         sub0 = best0[r.y0:r.y1, r.x0:r.x1]
         better0 = c0 > sub0
         sub0[better0] = c0[better0]
