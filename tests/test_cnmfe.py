@@ -426,7 +426,8 @@ def test_cnmfe_on_patches_streams_the_background(movie, monkeypatch):
         return out
 
     monkeypatch.setattr(ring_model, "ring_fluctuation", spy)
-    monkeypatch.setenv("GPU_CNMF_MEMORY_BUDGET", str(8 * 2 ** 20))     # the movie: 22 MB
+    # 32 MB: a patch's Y - B (10 MB) may stay resident, the movie's (22 MB) may not
+    monkeypatch.setenv("GPU_CNMF_MEMORY_BUDGET", str(32 * 2 ** 20))
     params = _params(rf=32, stride=16, nb_patch=0, del_duplicates=True, low_rank_background=None)
     est = CNMF(params=params).fit(mov).estimates
     r = roi_f1(truth.A, est.A, DIMS)
@@ -434,7 +435,7 @@ def test_cnmfe_on_patches_streams_the_background(movie, monkeypatch):
     assert r["f1"] >= WHOLE_FIELD_F1, r
     assert np.median(corr) >= WHOLE_FIELD_R
     full = [s for dims, s in shapes if dims == DIMS]
-    assert full and all(s == (d, s[1]) and s[1] < T // 4 for s in full), full[:3]
+    assert full and all(s[0] == d and s[1] < T for s in full), full[:3]
     # the background is kept as CaImAn keeps it: W on the ssub_B grid and b0
     assert est.W.shape == (48 * 48, 48 * 48) and est.b0.shape == (d,)
     assert est.b.shape == (d, 0)
