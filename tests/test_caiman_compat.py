@@ -666,7 +666,7 @@ def test_fit_file_runs_the_whole_pipeline(tmp_path):
     opts = params.CNMFParams(params_dict={"fnames": [tif], "fr": 30, "decay_time": 0.4,
                                           "p": 1, "nb": 1, "gSig": [5, 5], "K": 10,
                                           "rf": None, "only_init": False, "use_cnn": False,
-                                          "max_shifts": (6, 6)})
+                                          "max_shifts": (8, 8)})
     cnm = cnmf.CNMF(1, params=opts)
     cnm2 = cnm.fit_file(motion_correct=True, include_eval=True)
     assert os.path.basename(cnm2.mmap_file) == "memmap__d1_48_d2_48_d3_1_order_C_frames_200_.mmap"
