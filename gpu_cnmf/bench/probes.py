@@ -186,7 +186,9 @@ def machine_info(device_kinds) -> dict:
             "torch": torch.__version__, "numpy": np.__version__,
             "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "ram_bytes": _ram_total(), "cuda_available": torch.cuda.is_available()}
+            "ram_bytes": _ram_total(), "cuda_available": torch.cuda.is_available(),
+            # other jobs' load moves CPU figures: recorded with them
+            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     if "cuda" in device_kinds and torch.cuda.is_available():
         prop = torch.cuda.get_device_properties(0)
         info.update(gpu=prop.name, gpu_memory_bytes=int(prop.total_memory),

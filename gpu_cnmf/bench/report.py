@@ -206,6 +206,8 @@ def markdown(doc) -> str:
              f"- command: `{doc.get('command', '')}` (commit {doc.get('git') or 'unknown'})",
              f"- machine: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, "
              f"{(m.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM, torch {m.get('torch', '?')}"
+             + (f", load average {m['load_average_start'][0]:.1f} at the start"
+                if m.get("load_average_start") else "")
              + (f"; GPU {m['gpu']} ({m['gpu_memory_bytes'] / 2**30:.0f} GiB), CUDA {m['cuda']}"
                 if m.get("gpu") else ""),
              f"- devices: {', '.join(doc.get('device_names', {}).values())}; "

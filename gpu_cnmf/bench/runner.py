@@ -426,6 +426,8 @@ def run_bench(device: str = "cpu", quick: bool = False, budget: float = 480.0,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     doc["elapsed_s"] = b.elapsed()
+    if hasattr(os, "getloadavg"):
+        doc["machine"]["load_average_end"] = list(os.getloadavg())
     report.finish(doc, cases)
     report.write(doc, out_dir)
     return doc
