@@ -7,7 +7,8 @@ movie with the same ingredients at the cost of a matrix product per chunk:
 Gaussian footprints ``A`` (pixels in CaImAn's Fortran order), AR(1)
 calcium ``C`` from the AR coefficient of :func:`gpu_cnmf.synthetic.ar_coefficients`,
 a smooth background ``b`` with a slowly varying ``f``, rigid integer
-motion, and Gaussian noise. Frames go to a raw float32 file that grows as
+motion, and Gaussian noise (frames of it drawn once and reused in a random
+order). Frames go to a raw float32 file that grows as
 stages ask for more (:meth:`BenchMovie.frames`), so what the stages read
 is a memory-mapped file, as in a real run.
 """
@@ -28,6 +29,7 @@ DECAY_TIME = 0.4
 GSIG = 4
 MAX_SHIFT = 4
 _CHUNK = 128
+_NOISE_BANK = 64
 
 
 @dataclass
@@ -79,6 +81,8 @@ class BenchMovie:
         steps = rng.integers(-1, 2, (self.max_frames, 2))
         self.shifts = np.clip(np.cumsum(steps, axis=0), -MAX_SHIFT, MAX_SHIFT)
         self.noise = 0.25
+        n_bank = int(min(_NOISE_BANK, self.max_frames))
+        self._noise = rng.standard_normal((n_bank, d1, d2), dtype=np.float32) * self.noise
         open(self.path, "wb").close()
 
     # ------------------------------------------------------------------
@@ -91,7 +95,10 @@ class BenchMovie:
             dy, dx = self.shifts[t0 + i]
             if dy or dx:
                 frames[i] = np.roll(frames[i], (int(dy), int(dx)), axis=(0, 1))
-        frames += self._rng.standard_normal(frames.shape, dtype=np.float32) * self.noise
+        # noise from a bank of frames drawn once, in a shuffled order: drawing
+        # 262,144 normals a frame would cost more than the rest of the frame
+        idx = self._rng.integers(0, len(self._noise), n)
+        frames += self._noise[idx]
         return frames.astype(np.float32, copy=False)
 
     def seconds_for(self, n_frames: int) -> float:
