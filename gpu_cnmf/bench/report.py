@@ -224,7 +224,7 @@ def markdown(doc) -> str:
     for k, v in doc.get("probes", {}).items():
         if isinstance(v, dict):
             lines.append(f"- {k.replace('_', ' ')}: {_gbs(v['bytes_per_s'])} GB/s ({v.get('method', '')})")
-    lines += ["", "| stage | device | size | seconds | rate | GPU/CPU | GB/s moved | "
+    lines += ["", "| stage | device | size | seconds | rate | GPU speed-up | GB/s moved | "
               "% memory BW | % PCIe | % disk | status |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     rat = doc.get("ratios", {})
