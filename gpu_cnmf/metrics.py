@@ -21,7 +21,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .errors import ParameterError
 
-__all__ = ["binary_masks", "jaccard_distance", "roi_f1", "trace_correlation",
+__all__ = ["binary_masks", "jaccard_distance", "match_distances", "roi_f1", "trace_correlation",
            "spike_correlation", "registration_error", "crispness", "frame_correlations"]
 
 # Cost given to pairs beyond max_cost, so the assignment prefers any set of
@@ -110,6 +110,33 @@ def jaccard_distance(M_true: sp.spmatrix, M_est: sp.spmatrix) -> np.ndarray:
     return 1.0 - J
 
 
+def match_distances(D, max_cost: float, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matching of rows to columns of a distance matrix.
+
+    The Hungarian method (``scipy.optimize.linear_sum_assignment``) finds
+    the assignment of least total distance among pairs no farther than
+    ``max_cost`` (below it when ``strict``); pairs beyond count as unmatched.
+
+    Returns
+    -------
+    rows, cols : int arrays of the matched pairs, sorted by row.
+    """
+    D = np.asarray(D, dtype=np.float64)
+    if D.ndim != 2:
+        raise ParameterError(f"D: expected a 2D distance matrix, got shape {D.shape}")
+    if D.size == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    if np.isnan(D).any():
+        raise ParameterError("D: the distance matrix holds NaN")
+    valid = D < max_cost if strict else D <= max_cost
+    cost = np.where(valid, D, _INVALID)
+    r, c = linear_sum_assignment(cost)
+    ok = valid[r, c]
+    r, c = r[ok], c[ok]
+    order = np.argsort(r)
+    return r[order].astype(int), c[order].astype(int)
+
+
 def roi_f1(A_true, A_est, dims=None, thr: float = 0.2, max_cost: float = 0.7,
            method: str = "max") -> dict:
     """Match estimated footprints to true ones and score the detection.
@@ -135,18 +162,9 @@ def roi_f1(A_true, A_est, dims=None, thr: float = 0.2, max_cost: float = 0.7,
     if Mt.shape[0] != Me.shape[0]:
         raise ParameterError(f"A_est: {Me.shape[0]} pixels, but A_true has {Mt.shape[0]}")
     n_true, n_est = Mt.shape[1], Me.shape[1]
-    if n_true and n_est:
-        D = jaccard_distance(Mt, Me)
-        cost = np.where(D <= max_cost, D, _INVALID)
-        r, c = linear_sum_assignment(cost)
-        ok = cost[r, c] <= max_cost
-        r, c = r[ok], c[ok]
-        order = np.argsort(r)
-        r, c = r[order], c[order]
-        pair_cost = D[r, c]
-    else:
-        r = c = np.zeros(0, int)
-        pair_cost = np.zeros(0)
+    D = jaccard_distance(Mt, Me) if n_true and n_est else np.ones((n_true, n_est))
+    r, c = match_distances(D, max_cost)
+    pair_cost = D[r, c]
     m = r.size
     precision = m / n_est if n_est else 0.0
     recall = m / n_true if n_true else 0.0
