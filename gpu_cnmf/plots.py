@@ -342,7 +342,7 @@ def has_display() -> bool:
 def results_movie_frames(Y, A, C, dims, b=None, f=None, W=None, b0=None,
                          frame_range=slice(None), include_bck: bool = True,
                          gain_res: float = 1, bpx: int = 0, magnification: float = 1,
-                         q_min: float = 2, q_max: float = 99.75) -> np.ndarray:
+                         q_min: float = 2, q_max: float = 99.75, thr: float = 0) -> np.ndarray:
     """Frames of CaImAn's results movie: the data, the model and the
     residual side by side, as 8-bit grey images.
 
@@ -352,7 +352,8 @@ def results_movie_frames(Y, A, C, dims, b=None, f=None, W=None, b0=None,
     background is subtracted from the data panel too. ``bpx`` border pixels
     are cut, frames are enlarged ``magnification`` times (nearest pixel),
     and grey levels span the ``q_min``..``q_max`` percentiles of the data
-    panel.
+    panel. ``thr > 0`` draws the outline of every footprint cut at ``thr``
+    of its peak in white on the three panels.
 
     Returns
     -------
@@ -395,7 +396,14 @@ def results_movie_frames(Y, A, C, dims, b=None, f=None, W=None, b0=None,
     def grey(x):
         return np.clip((x - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
 
-    out = np.concatenate([grey(data), grey(model), grey(res)], axis=2)
+    panels = [grey(data), grey(model), grey(res)]
+    if thr > 0:
+        edge = _outlines(A, dims, float(thr))
+        if p:
+            edge = edge[p:-p, p:-p]
+        for x in panels:
+            x[:, edge] = 255
+    out = np.concatenate(panels, axis=2)
     m = float(magnification)
     if m != 1:
         if m <= 0:
@@ -406,6 +414,19 @@ def results_movie_frames(Y, A, C, dims, b=None, f=None, W=None, b0=None,
                           out.shape[2] - 1)
         out = out[:, rows][:, :, cols]
     return out
+
+
+def _outlines(A, dims, thr: float) -> np.ndarray:
+    """Pixels on the border of any footprint's mask (values above ``thr``
+    times its peak), ``dims`` bool."""
+    from scipy.ndimage import binary_erosion
+    edge = np.zeros(dims, bool)
+    for img in footprint_images(A, dims):
+        if img.max() <= 0:
+            continue
+        m = img > thr * img.max()
+        edge |= m & ~binary_erosion(m)
+    return edge
 
 
 def write_movie(frames: np.ndarray, path, fr: float = 30.0) -> str:

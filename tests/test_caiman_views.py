@@ -369,3 +369,60 @@ def test_paths_and_download_demo(tmp_path, monkeypatch):
     assert download_demo("demoMovie.tif") == str(target)
     monkeypatch.delenv("CAIMAN_DATA")
     assert paths.caiman_datadir() == os.path.join(os.path.expanduser("~"), "caiman_data")
+
+
+# --------------------------------------------------------------------------
+# Estimates' pictures
+
+def small_estimates(T=40, dims=(20, 24)):
+    from gpu_cnmf.cnmf.estimates import Estimates
+    rng = np.random.default_rng(5)
+    A = sp.csc_matrix(blob_footprints([(5, 6), (13, 16), (8, 19)], dims))
+    C = np.abs(rng.standard_normal((3, T))).cumsum(1)
+    b = np.full((dims[0] * dims[1], 1), 2.0)
+    f = 1 + 0.1 * rng.random((1, T))
+    est = Estimates(A=A, b=b, C=C, f=f, dims=dims)
+    est.YrA = 0.1 * rng.standard_normal(C.shape)
+    Y = (A @ C + b @ f).T.reshape((T, dims[1], dims[0])).transpose(0, 2, 1)
+    return est, Y
+
+
+def test_estimates_plots_headless():
+    import matplotlib.pyplot as plt
+    est, Y = small_estimates()
+    est.idx_components_bad = None
+    assert est.plot_contours(img=Y.mean(0), idx=[0, 2]) is est
+    fig = plt.gcf()
+    accepted, rejected = fig.axes[:2]
+    assert len(accepted.lines) == 2 and len(rejected.lines) == 1
+    assert rejected.texts[0].get_text() == "2"       # component 1, numbered from 1
+    assert est.plot_contours_nb() is est
+    assert est.view_components(img=Y.mean(0), idx=[1, 2]) is est
+    assert est.nb_view_components() is est
+    assert est.coordinates is None                 # contours are not cached in the results
+    plt.close("all")
+
+
+def test_play_movie_writes_or_warns(tmp_path):
+    import av
+    est, Y = small_estimates()
+    # no display, nothing to save: a warning, no error
+    with pytest.warns(UserWarning, match="no display"):
+        est.play_movie(Y)
+    # .npy: the model panel equals the data panel for a noise-free movie
+    est.play_movie(Y, save_movie=True, movie_name=str(tmp_path / "m.npy"), display=False,
+                   frame_range=slice(5, 25), q_min=0, q_max=100)
+    fr = np.load(tmp_path / "m.npy")
+    assert fr.shape == (20, 20, 3 * 24) and fr.dtype == np.uint8
+    data, model, res = fr[:, :, :24], fr[:, :, 24:48], fr[:, :, 48:]
+    assert np.abs(data.astype(int) - model).max() <= 1
+    assert data.max() == 255
+    # .avi through PyAV, magnified
+    path = tmp_path / "m.avi"
+    est.play_movie(Y, save_movie=True, movie_name=str(path), display=False, magnification=2,
+                   thr=0.5)
+    with av.open(str(path)) as box:
+        frames = [f.to_ndarray(format="gray") for f in box.decode(video=0)]
+    assert len(frames) == Y.shape[0] and frames[0].shape == (40, 144)
+    with pytest.raises(NotImplementedError, match="use_color"):
+        est.play_movie(Y, use_color=True)

@@ -71,6 +71,119 @@ class Estimates:
         # timings per stage, seconds
         self.timings = {}
 
+    # ------------------------------------------------------------ pictures
+    # Thin wrappers: the drawing lives in gpu_cnmf.plots (matplotlib, extra
+    # gpu_cnmf[report]); everything works on a machine with no display.
+
+    def _image(self, img):
+        """The image to draw on: ``img``, else the mean footprint image."""
+        if self.A is None or self.dims is None:
+            raise ParameterError("Estimates: no components to draw (A and dims are needed)")
+        if img is None:
+            mean = np.asarray(sp.csc_matrix(self.A).mean(axis=1)).ravel()
+            return mean.reshape(self.dims, order="F")
+        img = np.asarray(img, dtype=np.float64)
+        if img.shape != tuple(self.dims):
+            raise ParameterError(f"img: expected an image of shape {tuple(self.dims)}, got "
+                                 f"{img.shape}")
+        return img
+
+    def _split(self, idx):
+        """Accepted (``idx``) and rejected component indices."""
+        good = np.asarray(idx, dtype=int).ravel()
+        if good.size and (good.min() < 0 or good.max() >= self.nr):
+            raise ParameterError(f"idx: component indices must be in [0, {self.nr})")
+        bad = (np.asarray(self.idx_components_bad, dtype=int).ravel()
+               if self.idx_components_bad is not None else np.setdiff1d(np.arange(self.nr), good))
+        return good, bad
+
+    def plot_contours(self, img=None, idx=None, thr_method='max', thr=0.2, display_numbers=True,
+                      params=None, cmap='viridis'):
+        """Contours of the components over ``img`` (default: the mean of the
+        footprints). With ``idx``, two panels: the components ``idx``
+        (accepted) and the others (rejected). ``params`` puts the evaluation
+        thresholds in the title. Returns self."""
+        from .. import plots
+        plt = plots._pyplot()
+        img = self._image(img)
+        coords = plots.get_contours(self.A, self.dims, thr, thr_method)
+        fig = plt.figure()
+        if params is not None:
+            q = params.get_group("quality") if hasattr(params, "get_group") else params["quality"]
+            fig.suptitle(f"min_SNR={q.get('min_SNR')}, rval_thr={q.get('rval_thr')}, "
+                         f"use_cnn={q.get('use_cnn')}")
+        if idx is None:
+            plots.plot_contours(self.A, img, cmap=cmap, coordinates=coords,
+                                display_numbers=display_numbers, ax=fig.add_subplot(1, 1, 1))
+            return self
+        good, bad = self._split(idx)
+        A = sp.csc_matrix(self.A)
+        for i, (sel, title) in enumerate(((good, "accepted components"),
+                                          (bad, "rejected components"))):
+            ax = fig.add_subplot(1, 2, i + 1)
+            plots.plot_contours(A[:, sel], img, cmap=cmap, coordinates=[coords[k] for k in sel],
+                                display_numbers=display_numbers, ax=ax)
+            ax.set_title(title)
+        return self
+
+    def plot_contours_nb(self, img=None, idx=None, thr_method='max', thr=0.2, params=None,
+                         line_color='white', cmap='viridis'):
+        """The notebook variant of :meth:`plot_contours` (CaImAn draws it with
+        bokeh; matplotlib here, inline in a notebook). Returns self."""
+        return self.plot_contours(img=img, idx=idx, thr_method=thr_method, thr=thr,
+                                  params=params, cmap=cmap)
+
+    def view_components(self, Yr=None, img=None, idx=None):
+        """Step through components (or those in ``idx``) with a slider: the
+        image with the component's contour, its footprint and its traces
+        ``C`` and ``C + YrA``. Returns self."""
+        from .. import plots
+        if self.C is None:
+            raise ParameterError("Estimates: no traces C to show")
+        img = self._image(img)
+        plots.component_viewer(self.A, self.C, self.dims, YrA=self.YrA, img=img, idx=idx)
+        return self
+
+    def nb_view_components(self, Yr=None, img=None, idx=None, denoised_color=None,
+                           cmap='jet', thr=0.99):
+        """The notebook variant of :meth:`view_components` (matplotlib; the
+        slider is live with an interactive backend such as ipympl). Returns
+        self."""
+        from .. import plots
+        if self.C is None:
+            raise ParameterError("Estimates: no traces C to show")
+        img = self._image(img)
+        plots.component_viewer(self.A, self.C, self.dims, YrA=self.YrA, img=img, idx=idx,
+                               thr=thr)
+        return self
+
+    def play_movie(self, imgs, q_max=99.75, q_min=2, gain_res=1, magnification=1,
+                   include_bck=True, frame_range=slice(None, None, None), bpx=0, thr=0.,
+                   save_movie=False, movie_name='results_movie.avi', display=True,
+                   opencv_codec='H264', use_color=False, gain_color=4, gain_bck=0.2):
+        """The data, the model (``A C`` + background) and the residual
+        (times ``gain_res``) side by side, frame by frame
+        (:func:`gpu_cnmf.plots.results_movie_frames`); ``thr > 0`` outlines
+        each footprint at ``thr`` of its peak.
+
+        Shown in a window when a display is available (``display``); written
+        to ``movie_name`` with ``save_movie`` (``.avi``/``.mp4``/``.mkv``
+        through PyAV, MPEG-4 video, whatever ``opencv_codec`` says; ``.npy``
+        or ``.tif`` as 8-bit frames). With no display and nothing to save it
+        warns and returns. Returns self.
+        """
+        from .. import plots
+        if use_color:
+            raise NotImplementedError("Estimates.play_movie(use_color=True) (components in "
+                                      "colour) is not supported; nearest: use_color=False")
+        frames = plots.results_movie_frames(
+            imgs, self.A, self.C, self.dims, b=self.b, f=self.f, W=self.W, b0=self.b0,
+            frame_range=frame_range, include_bck=include_bck, gain_res=gain_res, bpx=bpx,
+            magnification=magnification, q_min=q_min, q_max=q_max, thr=thr)
+        plots.play_movie(frames, save_movie=save_movie, movie_name=movie_name,
+                         display=display)
+        return self
+
     def to_dict(self) -> dict:
         """Public fields by name, for result files (``R``, an alias of
         ``YrA``, is stored once; ``discarded_components`` as a dict)."""
