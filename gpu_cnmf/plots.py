@@ -42,19 +42,34 @@ def _dims2(dims):
     return d
 
 
-def footprint_images(A, dims, swap_dim: bool = False) -> np.ndarray:
-    """Footprints as images, ``(K, d1, d2)`` float64."""
+def _footprint_matrix(A, dims) -> sp.csc_matrix:
     dims = _dims2(dims)
-    A = A.toarray() if sp.issparse(A) else np.asarray(A, dtype=np.float64)
-    if A.ndim == 1:
-        A = A[:, None]
-    if A.ndim != 2 or A.shape[0] != dims[0] * dims[1]:
+    A = sp.csc_matrix(A if sp.issparse(A) else np.atleast_2d(np.asarray(A, dtype=np.float64).T).T,
+                      dtype=np.float64)
+    if A.shape[0] != dims[0] * dims[1]:
         raise ParameterError(f"A: expected (pixels, K) footprints with {dims[0] * dims[1]} "
                              f"pixels for dims={dims}, got shape {A.shape}")
-    K = A.shape[1]
-    if swap_dim:        # C pixel order
-        return A.T.reshape((K,) + dims)
-    return A.T.reshape((K, dims[1], dims[0])).transpose(0, 2, 1)
+    return A
+
+
+def _image_of(A: sp.csc_matrix, k: int, dims, swap_dim: bool = False) -> np.ndarray:
+    """Footprint ``k`` of a csc matrix as a ``dims`` image."""
+    col = A[:, k].toarray().ravel()
+    return col.reshape(dims, order="C" if swap_dim else "F")
+
+
+def footprint_images(A, dims, swap_dim: bool = False) -> np.ndarray:
+    """Footprints as images, ``(K, d1, d2)`` float64 (dense: for a few
+    components; the functions here take one footprint at a time)."""
+    dims = _dims2(dims)
+    A = _footprint_matrix(A, dims)
+    return np.stack([_image_of(A, k, dims, swap_dim) for k in range(A.shape[1])]) \
+        if A.shape[1] else np.zeros((0,) + dims)
+
+
+def _sum_image(A, dims) -> np.ndarray:
+    A = _footprint_matrix(A, dims)
+    return np.asarray(A.sum(axis=1)).ravel().reshape(dims, order="F")
 
 
 def _level_image(img: np.ndarray, thr: float, thr_method: str) -> tuple[np.ndarray, float]:
@@ -106,10 +121,12 @@ def get_contours(A, dims, thr: float = 0.9, thr_method: str = "nrg",
         raise ParameterError(f"thr: expected a fraction in (0, 1], got {thr}")
     import contourpy   # matplotlib's contouring, without a figure
 
-    imgs = footprint_images(A, dims, swap_dim)
-    rows, cols = np.indices(imgs.shape[1:])
+    dims = _dims2(dims)
+    A = _footprint_matrix(A, dims)
+    rows, cols = np.indices(dims)
     out = []
-    for k, img in enumerate(imgs):
+    for k in range(A.shape[1]):
+        img = _image_of(A, k, dims, swap_dim)
         pos = np.clip(img, 0, None)
         mass = pos.sum()
         com = (np.array([(rows * pos).sum(), (cols * pos).sum()]) / mass if mass > 0
@@ -223,17 +240,17 @@ def component_viewer(A, C, dims, YrA=None, img=None, idx=None, fr: float = 1.0,
     dims = _dims2(dims)
     C = np.atleast_2d(np.asarray(C, dtype=np.float64))
     K = C.shape[0]
-    imgs = footprint_images(A, dims)
-    if imgs.shape[0] != K:
-        raise ParameterError(f"A, C: {imgs.shape[0]} footprints but {K} traces")
+    Am = _footprint_matrix(A, dims)
+    if Am.shape[1] != K:
+        raise ParameterError(f"A, C: {Am.shape[1]} footprints but {K} traces")
     sel = np.arange(K) if idx is None else np.asarray(idx, dtype=int).ravel()
     if sel.size == 0:
         raise ParameterError("idx: no component to show")
     if sel.min() < 0 or sel.max() >= K:
         raise ParameterError(f"idx: component indices must be in [0, {K}), got {sel}")
     raw = None if YrA is None else C + np.asarray(YrA, dtype=np.float64).reshape(C.shape)
-    bg = imgs.sum(0) if img is None else np.asarray(img, dtype=np.float64)
-    contours = get_contours(A, dims, thr, "nrg")
+    bg = _sum_image(Am, dims) if img is None else np.asarray(img, dtype=np.float64)
+    contours = get_contours(Am, dims, thr, "nrg")
     t = np.arange(C.shape[1]) / float(fr)
     fig = plt.figure(figsize=(11, 5))
     ax_img = fig.add_axes([0.03, 0.25, 0.3, 0.7])
@@ -252,7 +269,7 @@ def component_viewer(A, C, dims, YrA=None, img=None, idx=None, fr: float = 1.0,
             ax_img.plot(xy[:, 0], xy[:, 1], color="r")
         ax_img.set_title(f"component {k}")
         ax_img.set_axis_off()
-        ax_fp.imshow(imgs[k], cmap="viridis")
+        ax_fp.imshow(_image_of(Am, k, dims), cmap="viridis")
         ax_fp.set_title("footprint")
         ax_fp.set_axis_off()
         if raw is not None:
@@ -305,7 +322,7 @@ def registration_figure(A1, A2, dims, matched1, matched2, non_matched1, non_matc
     plt = _pyplot()
     dims = _dims2(dims)
     if Cn is None:
-        Cn = footprint_images(A1, dims).sum(0) + footprint_images(A2, dims).sum(0)
+        Cn = _sum_image(A1, dims) + _sum_image(A2, dims)
     c1 = get_contours(A1, dims, thr, "nrg")
     c2 = get_contours(A2, dims, thr, "nrg")
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
@@ -421,7 +438,9 @@ def _outlines(A, dims, thr: float) -> np.ndarray:
     times its peak), ``dims`` bool."""
     from scipy.ndimage import binary_erosion
     edge = np.zeros(dims, bool)
-    for img in footprint_images(A, dims):
+    A = _footprint_matrix(A, dims)
+    for k in range(A.shape[1]):
+        img = _image_of(A, k, dims)
         if img.max() <= 0:
             continue
         m = img > thr * img.max()
