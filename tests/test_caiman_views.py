@@ -426,3 +426,20 @@ def test_play_movie_writes_or_warns(tmp_path):
     assert len(frames) == Y.shape[0] and frames[0].shape == (40, 144)
     with pytest.raises(NotImplementedError, match="use_color"):
         est.play_movie(Y, use_color=True)
+
+
+def test_register_rois_distance_options():
+    dims = (40, 40)
+    small = blob_footprints([(20, 20)], dims, sigma=1.5, cut=0.3)
+    big = blob_footprints([(20, 21)], dims, sigma=4.0, cut=0.1)
+    # a small mask inside a big one: a large Jaccard distance...
+    m1, *_ , perf, _ = cm_rois.register_ROIs(small, big, dims, align_flag=False)
+    assert len(m1) == 0 and perf["recall"] == 0
+    # ...unless enclosed masks are forgiven
+    m1, m2, *_ = cm_rois.register_ROIs(small, big, dims, align_flag=False, enclosed_thr=0.5)
+    assert list(m1) == [0] and list(m2) == [0]
+    # precomputed distances, in CaImAn's list form
+    D = [np.array([[0.9, 0.2], [0.1, 0.95]])]
+    A = blob_footprints([(10, 10), (30, 30)], dims)
+    m1, m2, nm1, nm2, perf, _ = cm_rois.register_ROIs(A, A, dims, D=D, align_flag=False)
+    assert list(m1) == [0, 1] and list(m2) == [1, 0] and perf["f1_score"] == 1
