@@ -140,15 +140,15 @@ def test_running_percentile_baseline():
 
 
 def test_correlation_pnr_adapts_layout():
+    from gpu_cnmf.cnmf.corr_pnr import correlation_pnr as core
     rng = np.random.default_rng(4)
     Y = rng.standard_normal((200, 20, 22)).astype(np.float32)
     Y[:, 8:12, 9:13] += 4 * (rng.random(200) > 0.95)[:, None, None]
-    cn_core, pnr_core = summary.correlation_pnr(Y, gSig=2, swap_dim=False)
-    cn, pnr = si.correlation_pnr(np.moveaxis(Y, 0, -1), gSig=2)          # swap_dim=True
-    np.testing.assert_allclose(cn, cn_core, atol=1e-6)
-    np.testing.assert_allclose(pnr, pnr_core, rtol=1e-5)
-    with pytest.raises(NotImplementedError, match="background_filter"):
-        si.correlation_pnr(Y, gSig=2, background_filter="box")
+    for kw in ({"gSig": 2}, {"gSig": 2, "background_filter": "box"}, {"gSig": None}):
+        cn_core, pnr_core = core(Y, swap_dim=False, **kw)
+        cn, pnr = si.correlation_pnr(np.moveaxis(Y, 0, -1), **kw)          # swap_dim=True
+        np.testing.assert_allclose(cn, cn_core, atol=1e-6)
+        np.testing.assert_allclose(pnr, pnr_core, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------

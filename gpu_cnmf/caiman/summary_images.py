@@ -24,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import summary as _summary
-from ..errors import ParameterError
 
 __all__ = ["local_correlations", "local_correlations_fft", "max_correlation_image",
            "local_correlations_movie_offline", "correlation_pnr"]
@@ -143,32 +142,22 @@ def local_correlations_movie_offline(file_name, Tot_frames=None, fr: float = 10.
 def correlation_pnr(Y, gSig=None, center_psf: bool = True, swap_dim: bool = True,
                     background_filter: str = 'disk'):
     """CNMF-E's correlation and peak-to-noise ratio images of the
-    spatially filtered movie (see :func:`gpu_cnmf.summary.correlation_pnr`).
+    spatially filtered movie; the definition is
+    :func:`gpu_cnmf.cnmf.corr_pnr.correlation_pnr`.
 
     Parameters
     ----------
     Y : ndarray (T, d1, d2), or (d1, d2, T) with ``swap_dim`` (the default)
-    gSig : int or (int, int)
-        Neuron radius of the filter kernel.
+    gSig : int or (int, int), optional
+        Neuron radius of the filter kernel; None: no filter.
     center_psf : bool
         Mean-centred kernel (removes the smooth background).
-    background_filter : 'disk'
-        The mean-centred Gaussian on a disk, the only filter here.
+    background_filter : 'disk' or 'box'
 
     Returns
     -------
     cn, pnr : ndarray (d1, d2)
     """
-    if background_filter != 'disk':
-        raise NotImplementedError(
-            f"correlation_pnr(background_filter={background_filter!r}) is not supported; "
-            "the nearest is background_filter='disk' (a mean-centred Gaussian kernel)")
-    if gSig is None:
-        raise NotImplementedError(
-            "correlation_pnr(gSig=None) (no spatial filter) is not supported; pass the "
-            "neuron radius, e.g. gSig=(3, 3), or use local_correlations and "
-            "gpu_cnmf.summary.pnr_image for the unfiltered images")
-    Y = np.asarray(Y)
-    if Y.ndim != 3:
-        raise ParameterError(f"Y: correlation_pnr needs a 2D movie (3 axes), got shape {Y.shape}")
-    return _summary.correlation_pnr(Y, gSig, center_psf=center_psf, swap_dim=swap_dim)
+    from ..cnmf.corr_pnr import correlation_pnr as _core
+    return _core(np.asarray(Y), gSig=gSig, center_psf=center_psf, swap_dim=swap_dim,
+                 background_filter=background_filter)
