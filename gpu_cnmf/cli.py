@@ -3,6 +3,12 @@
 - ``gpu-cnmf run MOVIE... [--params p.json] [--out r.hdf5] [--use-cuda]
   [--keep-memmap]``: the whole pipeline (:func:`gpu_cnmf.pipeline.run_pipeline`),
   a line per stage on stderr and a closing summary on stdout;
+- ``gpu-cnmf run ... --scheduler ADDRESS``: the same, with the CNMF patches
+  on a Dask cluster's workers;
+- ``gpu-cnmf batch MOVIE_OR_GLOB... --params p.json --out-dir DIR
+  [--scheduler ADDRESS | --workers N] [--use-cuda]``: one pipeline per
+  recording on a Dask cluster (:func:`gpu_cnmf.batch.run_batch`), a summary
+  table on stdout; exit status 1 when some recording failed;
 - ``gpu-cnmf report r.hdf5 [--out-dir DIR]``: contour and trace pictures
   (:func:`gpu_cnmf.report.write_report`), their paths on stdout;
 - ``gpu-cnmf demo``: a synthetic movie with known truth, scored stage by stage;
@@ -71,6 +77,35 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no per-stage progress on stderr")
     run.add_argument("--log-file", default=None, metavar="PATH",
                      help="also write the progress log lines to this file")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="fit the CNMF patches on this Dask cluster (tcp://host:8786 or a "
+                          "scheduler file); its workers read the memory map, made next to "
+                          "the results file, by path: use a filesystem they share")
+
+    batch = sub.add_parser(
+        "batch", help="run the pipeline on many recordings, one Dask task each; a results "
+                      "file per recording and a summary table")
+    batch.add_argument("movies", nargs="+", metavar="MOVIE_OR_GLOB",
+                       help="movie files or glob patterns ('data/*.tif'), one recording each")
+    batch.add_argument("--params", default=None, metavar="P.JSON",
+                       help="parameters for every recording (as for run)")
+    batch.add_argument("--out-dir", required=True, metavar="DIR",
+                       help="folder for <movie>_results.hdf5 and batch_summary.csv/.json")
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a running Dask scheduler (tcp://host:8786 or a scheduler file)")
+    where.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="worker processes on this machine (default: one per core, at "
+                            "most one per recording)")
+    batch.add_argument("--use-cuda", action="store_true",
+                       help="run on the GPU; without --scheduler one worker per GPU "
+                            "(needs dask-cuda)")
+    batch.add_argument("--overrides", default=None, metavar="TABLE",
+                       help="per-recording parameters: a CSV (column 'recording', one column "
+                            "per parameter) or JSON ({recording: {name: value}}) file")
+    batch.add_argument("--force", action="store_true",
+                       help="redo recordings whose results file is already there")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
     report = sub.add_parser("report", help="draw contours and traces of a results file (PNG)")
     report.add_argument("results", metavar="RESULTS.HDF5")
@@ -132,10 +167,45 @@ def _run(args) -> int:
     if out is None:
         first = Path(args.movies[0])
         out = str(first.with_name(first.stem + "_results.hdf5"))
-    result = run_pipeline(args.movies, params, out, progress=not args.quiet,
-                          keep_memmap=args.keep_memmap, ring_cnn=args.ring_cnn)
+    run = run_pipeline if args.scheduler is None else _on_cluster(args.scheduler, out,
+                                                                   args.quiet)
+    result = run(args.movies, params, out, progress=not args.quiet,
+                 keep_memmap=args.keep_memmap, ring_cnn=args.ring_cnn)
     print(result.summary(), flush=True)
     return 0
+
+
+def _on_cluster(scheduler, out, quiet):
+    """``run_pipeline`` with its patches on the cluster at ``scheduler``."""
+    from pathlib import Path
+
+    from .cluster import cluster_client, dashboard_link
+    from .pipeline import run_pipeline
+
+    def run(*args, **kwargs):
+        with cluster_client(scheduler) as client:
+            if not quiet:
+                print(f"gpu-cnmf: Dask dashboard: {dashboard_link(client)}", file=sys.stderr,
+                      flush=True)
+            # the workers open the memory map by path: next to the results
+            work = str(Path(out).resolve().parent)
+            return run_pipeline(*args, dview=client, work_dir=work, **kwargs)
+    return run
+
+
+def _batch(args) -> int:
+    from .params import CNMFParams
+    from .pipeline import load_params_file, run_batch
+
+    params = load_params_file(args.params) if args.params else CNMFParams()
+    _configure_logging(quiet=args.quiet)
+    result = run_batch(args.movies, params, args.out_dir, scheduler=args.scheduler,
+                       n_workers=args.workers, use_cuda=args.use_cuda,
+                       overrides=args.overrides, force=args.force,
+                       progress_bar=not args.quiet)
+    print(result.table(), flush=True)
+    print("summary: " + ", ".join(result.summary_files), flush=True)
+    return 0 if result.ok else 1
 
 
 def _report(args) -> int:
@@ -162,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import main_from_args
             return main_from_args(args)
+        if args.command == "batch":
+            return _batch(args)
     except GpuCnmfError as err:
         print(f"gpu-cnmf: error: {err}", file=sys.stderr)
         return 2

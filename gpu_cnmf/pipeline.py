@@ -36,7 +36,7 @@ from . import backend
 from .errors import MovieError, ParameterError
 from .params import CNMFParams
 
-__all__ = ["run_pipeline", "PipelineResult", "load_params_file", "check_inputs"]
+__all__ = ["run_pipeline", "run_batch", "PipelineResult", "load_params_file", "check_inputs"]
 
 _STAGES = ("validate", "motion correction", "memmap", "CNMF fit", "refit",
            "evaluation", "save")
@@ -259,7 +259,7 @@ def _motion_dict(mc) -> dict:
 
 def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                  keep_memmap: bool = False, work_dir=None, n_processes: int | None = None,
-                 ring_cnn: bool = False) -> PipelineResult:
+                 ring_cnn: bool = False, dview=None) -> PipelineResult:
     """Motion correction, CNMF (patches, then refit), evaluation, results file.
 
     Parameters
@@ -281,7 +281,10 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     work_dir : path, optional
         Where the temporary folder is made (default: the system's).
     n_processes : int, optional
-        CPU processes for the patches (default ``patch.n_processes``).
+        Patches fitted at once on the CPU (default ``patch.n_processes``).
+    dview : dask.distributed.Client, optional
+        Fit the patches on this cluster's workers (they read the memory
+        map by path: put ``work_dir`` on a filesystem they share).
     ring_cnn : bool
         One-photon movies: after motion correction, learn the Ring-CNN
         background (the ``ring_CNN`` parameters, ``init.gSig``; a saved model
@@ -379,7 +382,8 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                 Path(fname_c).unlink(missing_ok=True)
             Yr, mm_dims, T = load_memmap(fname_r)
             images = np.reshape(Yr.T, [T] + list(mm_dims), order="F")
-        cnm = stages.run("CNMF fit", lambda: CNMF(n_proc, params=run_params).fit(images))
+        cnm = stages.run("CNMF fit", lambda: CNMF(n_proc, params=run_params,
+                                                          dview=dview).fit(images))
         cnm = stages.run("refit", lambda: cnm.refit(images))
         est = cnm.estimates
 
@@ -414,3 +418,11 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                           idx_components_bad=bad, timings=dict(stages.timings),
                           device=backend.describe(device), fnames=list(paths),
                           memmap_files=kept, estimates=est, params=run_params)
+
+
+def run_batch(fnames_list, params, out_dir, client=None, **kwargs):
+    """Run :func:`run_pipeline` on many recordings, one Dask task each;
+    see :func:`gpu_cnmf.batch.run_batch` (imported on first use)."""
+    from .batch import run_batch as _run_batch
+
+    return _run_batch(fnames_list, params, out_dir, client=client, **kwargs)
