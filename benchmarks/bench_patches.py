@@ -59,6 +59,7 @@ _fit(1)   # numba compilation and warm caches out of the timings
 rows = {}
 for mode in ("serial", "threads"):
     rows[mode] = _fit(1 if mode == "serial" else 2)
+    print(f"{mode}: {rows[mode][0]:.2f} s", flush=True)
 orig = patches.map_patches
 patches.map_patches = _fork_map
 rows["fork"] = _fit(2)

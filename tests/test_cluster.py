@@ -270,3 +270,21 @@ def test_cnmf_on_dask_workers_equals_serial(tmp_path, client, small_movie, seria
     assert dist.A.shape == seq.A.shape
     assert roi_f1(seq.A, dist.A, DIMS)["f1"] >= 0.99
     np.testing.assert_allclose(dist.C, seq.C, rtol=1e-3, atol=1e-3 * np.abs(seq.C).max())
+
+
+def test_run_with_scheduler_fits_patches_on_the_cluster(tmp_path, client, movies, capsys):
+    from gpu_cnmf.cli import main
+    from gpu_cnmf.io.results import load_results
+
+    paths, fr, decay = movies
+    params = dict(BATCH_PARAMS, fr=fr, decay_time=decay, rf=12, stride=6, K=3)
+    (tmp_path / "p.json").write_text(json.dumps(params))
+    out = tmp_path / "res" / "r.hdf5"
+    out.parent.mkdir()
+    rc = main(["run", str(paths[1]), "--params", str(tmp_path / "p.json"), "--out", str(out),
+               "--scheduler", client.scheduler.address, "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    # the memory map the workers read was made beside the results, then removed
+    assert os.listdir(out.parent) == ["r.hdf5"]
+    est = load_results(out)["estimates"]
+    assert est["A"].shape[0] == 40 * 40 and est["A"].shape[1] > 0
