@@ -22,14 +22,19 @@ How the patches run
 
 Why threads and not processes: a ``spawn`` pool re-imports the user's
 ``__main__`` in every worker, which dies with ``BrokenProcessPool`` in a
-script without an ``if __name__ == "__main__":`` guard, and cannot be used
-from ``python -c`` or a notebook cell defining the function; a ``fork`` pool
-copies a process whose OpenMP runtimes (torch's and numba's GNU OpenMP) are
-not fork-safe and may hang. Threads need neither a guard nor pickling, share
-the movie without copying it, and measured on the 2-core dev box
-(``benchmarks/bench_patches.py``, see ``benchmarks/RESULTS.md``) they are
-faster than one patch at a time with torch's two threads, because a patch is
-made of many small ops whose per-op parallelism is poor. When numba's only
+script without an ``if __name__ == "__main__":`` guard and cannot pickle a
+function defined in a notebook; a ``fork`` pool copies a process whose
+OpenMP runtimes (torch's and numba's GNU OpenMP) are documented as not
+fork-safe, and whose other threads (a notebook kernel's, a Dask client's)
+may hold locks at the fork, and it does not exist on Windows (and is unsafe
+on macOS). Threads need neither a guard nor pickling and share the movie
+without copying it. Measured on the 2-core dev box under load
+(``benchmarks/bench_patches.py``, 16 patches of a 128x128x400 movie,
+figures in ``benchmarks/RESULTS.md``): one patch at a time with torch's two
+threads 59 s, two threads of one torch thread each 13.6 s, a fork pool of
+two processes 9.9 s. The fork pool was faster (the threads share the GIL
+for the Python parts of a patch fit), but we chose threads because they
+cannot crash or hang in any of the settings above. When numba's only
 threading layer is ``workqueue`` (which aborts on concurrent calls) patches
 run one after the other instead.
 """
