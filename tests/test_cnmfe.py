@@ -233,7 +233,7 @@ def test_bad_parameters_reach_the_user_before_work(movie):
         cnmfe_fit(mov[:50], _params(seed_method="manual"), device="cpu")
 
 
-def test_cnmf_class_routes_1p_and_saves(tmp_path):
+def test_cnmf_class_routes_1p_and_saves(tmp_path, monkeypatch):
     """CNMF(params with center_psf / corr_pnr).fit runs CNMF-E; the ring
     background (W, b0) is saved and loaded with the rest."""
     from gpu_cnmf import CNMF, load_CNMF
@@ -252,7 +252,9 @@ def test_cnmf_class_routes_1p_and_saves(tmp_path):
     assert (back.W != est.W).nnz == 0
     np.testing.assert_array_equal(back.b0, est.b0)
     np.testing.assert_array_equal(back.C, est.C)
-    # refit: rounds on the fitted ring background (W kept, b0 updated)
+    # refit of a movie larger than the budget: rounds streamed on the fitted
+    # ring background (W kept, b0 updated)
+    monkeypatch.setenv("GPU_CNMF_MEMORY_BUDGET", str(16 * 2 ** 20))
     ref = cnm.refit(movie).estimates
     s2 = roi_f1(truth.A, ref.A, truth.dims)
     assert s2["f1"] >= 0.85

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..backend import get_device
+from ..backend import get_device, memory_budget
 from ..errors import ParameterError
 from .config import fit_config
 from .engine import Model, fit_fov
@@ -227,8 +227,11 @@ class CNMF:
         cfg = fit_config(self.params)
         Ain, start, est = self.Ain, None, self.estimates
         if Ain is None and getattr(self, "_refit_from", False):
-            if all(x is not None for x in (est.W, est.b0, est.C, est.sn)):
-                # refit: rounds streamed on the fitted ring background
+            d, T = int(np.prod(est.dims)), int(est.C.shape[1]) if est.C is not None else 0
+            # a refit refits the ring on the whole field when the movie fits the
+            # budget (three float32 copies); otherwise rounds stream on the fitted ring
+            if all(x is not None for x in (est.W, est.b0, est.C, est.sn)) and \
+                    3 * 4 * d * T > memory_budget(device):
                 t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
                 A = t(sp.csc_matrix(est.A).toarray())
                 ring = RingModel.from_sparse(est.W, est.dims, grid_factor(est.W.shape, est.dims),
