@@ -1,8 +1,9 @@
 """The ``gpu-cnmf`` command line.
 
 - ``gpu-cnmf run MOVIE... [--params p.json] [--out r.hdf5] [--use-cuda]
-  [--keep-memmap]``: the whole pipeline (:func:`gpu_cnmf.pipeline.run_pipeline`),
-  a line per stage on stderr and a closing summary on stdout;
+  [--keep-memmap] [--plane N|all] [--channel N] [--nwb-series NAME]``: the
+  whole pipeline (:func:`gpu_cnmf.pipeline.run_pipeline`), a line per stage on
+  stderr and a closing summary on stdout;
 - ``gpu-cnmf run ... --scheduler ADDRESS``: the same, with the CNMF patches
   on a Dask cluster's workers;
 - ``gpu-cnmf batch MOVIE_OR_GLOB... --params p.json --out-dir DIR
@@ -26,6 +27,18 @@ import argparse
 import sys
 
 from .errors import GpuCnmfError
+
+
+def _plane_arg(text: str):
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a plane index >= 0 or 'all', got {text!r}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -54,8 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "run", help="motion correction, CNMF (patches, then refit), component evaluation; "
                     "results in one HDF5 file (CaImAn's cnmf.save layout)")
     run.add_argument("movies", nargs="+", metavar="MOVIE",
-                     help="movie file(s): .tif/.tiff, .h5/.hdf5, .npy, .mmap, .zarr; "
-                          "several are joined in time")
+                     help="movie file(s): .tif/.tiff (ScanImage, ImageJ), .h5/.hdf5, .nwb, "
+                          ".npy, .mmap, .zarr, .sbx (Scanbox), .avi/.mkv/.mp4, or a folder "
+                          "(Miniscope videos, Bruker); several are joined in time")
     run.add_argument("--params", default=None, metavar="P.JSON",
                      help="parameters as JSON: {\"name\": value} or {\"group\": {...}}, "
                           "or a file written by CNMFParams.to_json")
@@ -81,6 +95,14 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="fit the CNMF patches on this Dask cluster (tcp://host:8786 or a "
                           "scheduler file); its workers read the memory map, made next to "
                           "the results file, by path: use a filesystem they share")
+    run.add_argument("--plane", type=_plane_arg, default=None, metavar="N|all",
+                     help="plane of a multi-plane recording (0-based; data.plane), or 'all' "
+                          "to analyse each plane as its own movie (<out>_plane<N>.hdf5)")
+    run.add_argument("--channel", type=int, default=None, metavar="N",
+                     help="channel of a multi-channel recording (0-based; data.channel)")
+    run.add_argument("--nwb-series", default=None, metavar="NAME",
+                     help="the TwoPhotonSeries/OnePhotonSeries of an NWB file to analyse "
+                          "(data.nwb_series; default: the only one)")
 
     batch = sub.add_parser(
         "batch", help="run the pipeline on many recordings, one Dask task each; a results "
@@ -163,6 +185,10 @@ def _run(args) -> int:
         if flag is not None:
             params.change_params({"patch": {key: flag}})
     _configure_logging(quiet=args.quiet, log_file=args.log_file)
+    chosen = {k: getattr(args, k) for k in ("plane", "channel", "nwb_series")
+              if getattr(args, k) is not None}
+    if chosen:
+        params.change_params({"data": chosen})
     out = args.out
     if out is None:
         first = Path(args.movies[0])
@@ -171,7 +197,8 @@ def _run(args) -> int:
                                                                    args.quiet)
     result = run(args.movies, params, out, progress=not args.quiet,
                  keep_memmap=args.keep_memmap, ring_cnn=args.ring_cnn)
-    print(result.summary(), flush=True)
+    for one in (result if isinstance(result, list) else [result]):
+        print(one.summary(), flush=True)
     return 0
 
 

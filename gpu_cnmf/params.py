@@ -20,9 +20,11 @@ How updates are routed (construction, :meth:`CNMFParams.change_params`):
   ``num_blocks_per_run_spat``/``_temp``).
 
 Derived defaults: ``init.gSiz`` follows ``gSig`` (``int(round(2*x+1))``)
-until it is set explicitly, and ``data.dims`` is read from ``fnames`` until it
-is set explicitly. Every change is validated as a whole before it is applied,
-so a rejected change leaves the object as it was. Where the spec gives no
+until it is set explicitly, ``data.dims`` is read from ``fnames`` until it
+is set explicitly, and so is ``data.fr`` when the movie's metadata records a
+frame rate (ScanImage, Scanbox, Bruker, NWB, video, ImageJ; else 30) until
+it is set explicitly (``fr=None`` asks for the file's value again). Every
+change is validated as a whole before it is applied, so a rejected change leaves the object as it was. Where the spec gives no
 default we use CaImAn's documented one; each such choice is commented below.
 
 ``motion['use_cuda']`` picks the device for every stage, not only motion
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import ParameterError
+from .errors import GpuCnmfError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,9 @@ _PATH = _instance(str, "a path (str)")
 _PATHS = _Rule("a path (str) or a list of paths",
                lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and
                                                 all(isinstance(x, str) for x in v)), none=True)
+_PLANE = _Rule("an integer >= 0 or 'all'",
+               lambda v: _is_int(v) or isinstance(v, str),
+               lambda v: v == "all" if isinstance(v, str) else v >= 0, none=True)
 _FRACTION = _num(0, 1)
 _P_ORDER = _int(0, 2)
 _NOISE_RANGE = _seq(_num(0, 1), lengths=(2,), check=lambda v: v[0] < v[1])
@@ -194,6 +199,12 @@ GROUPS = {
         "last_commit": (None, _str(none=True)),             # no repository at run time
         "mmap_F": (None, _PATHS),                           # CaImAn default
         "mmap_C": (None, _PATH),                            # CaImAn default
+        # multi-plane / multi-channel recordings (ScanImage, Bruker, Scanbox,
+        # ImageJ): which plane (0-based; "all": each plane as its own movie)
+        # and channel to analyse, and the series of an NWB file
+        "plane": (None, _PLANE),
+        "channel": (None, _int(0, none=True)),
+        "nwb_series": (None, _str(none=True)),
     },
     "patch": {
         "rf": (None, _seq(_int(1), none=True, scalar=True)),
@@ -425,7 +436,10 @@ CAIMAN_EXTRA = {
     ("quality", "max_ecc"): (3, "no eccentricity test; use quality.min_SNR/rval_thr/use_cnn"),
     ("motion", "shifts_interpolate"): (False, "motion.shifts_opencv (interpolated shifts)"),
 }
-_DERIVABLE = ("init.gSiz", "data.dims")
+_DERIVABLE = ("init.gSiz", "data.dims", "data.fr")
+# changes that make data.dims / data.fr be read from the movie again
+_MOVIE_KEYS = {"data.fnames", "data.var_name_hdf5", "data.plane", "data.channel",
+               "data.nwb_series"}
 
 
 def _closest(name, candidates):
@@ -473,15 +487,21 @@ def _elementwise(v):
     return np.atleast_1d(np.asarray(v, dtype=float))
 
 
-def _dims_from_files(fnames, var_name_hdf5):
-    """Frame shape of ``fnames``, or None while gpu_cnmf.io is unavailable."""
+def _from_files(fnames, data):
+    """Frame shape and recorded frame rate (or None) of the movie ``data``
+    names (``fnames`` with its plane, channel and NWB series); (None, None)
+    while gpu_cnmf.io is unavailable."""
     try:
         from .io import open_movie
     except ImportError:
-        return None
-    source = open_movie(fnames, var_name_hdf5=var_name_hdf5)
+        return None, None
+    select = {"plane": 0 if data["plane"] == "all" else data["plane"],
+              "channel": data["channel"], "nwb_series": data["nwb_series"]}
+    source = open_movie(fnames, var_name_hdf5=data["var_name_hdf5"],
+                        **{k: v for k, v in select.items() if v is not None})
     try:
-        return tuple(int(d) for d in source.dims)
+        return (tuple(int(d) for d in source.dims),
+                (getattr(source, "metadata", None) or {}).get("fr"))
     finally:
         close = getattr(source, "close", None)
         if callable(close):
@@ -814,9 +834,24 @@ class CNMFParams:
                 self._rule_problem("init", "gSig") is None:
             self.init["gSiz"] = default_gsiz(self.init["gSig"])
         fnames = self.data["fnames"]
-        if "data.dims" in self._derived and fnames and \
-                (self.data["dims"] is None or changed & {"data.fnames", "data.var_name_hdf5"}):
-            self.data["dims"] = _dims_from_files(fnames, self.data["var_name_hdf5"])
+        want_dims = "data.dims" in self._derived and bool(fnames) and \
+            (self.data["dims"] is None or bool(changed & _MOVIE_KEYS))
+        # data.fr, until set, is the rate the movie's metadata records (else
+        # the default); data.fr = None asks for that again
+        want_fr = "data.fr" in self._derived and \
+            (self.data["fr"] is None or bool(changed & _MOVIE_KEYS))
+        if want_dims or want_fr:
+            dims = fr = None
+            if fnames:
+                try:
+                    dims, fr = _from_files(fnames, self.data)
+                except GpuCnmfError:
+                    if want_dims:
+                        raise
+            if want_dims:
+                self.data["dims"] = dims
+            if want_fr:
+                self.data["fr"] = float(fr) if fr is not None else GROUPS["data"]["fr"][0]
 
     # -- validation -----------------------------------------------------------
     def _rule_problem(self, group, key):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -36,7 +37,10 @@ from . import backend
 from .errors import MovieError, ParameterError
 from .params import CNMFParams
 
-__all__ = ["run_pipeline", "run_batch", "PipelineResult", "load_params_file", "check_inputs"]
+__all__ = ["run_pipeline", "run_batch", "PipelineResult", "load_params_file", "check_inputs",
+           "movie_selection", "plane_outputs"]
+
+log = logging.getLogger(__name__)
 
 _STAGES = ("validate", "motion correction", "memmap", "CNMF fit", "refit",
            "evaluation", "save")
@@ -60,6 +64,7 @@ class PipelineResult:
     memmap_files: list = field(default_factory=list)
     estimates: object = None
     params: CNMFParams | None = None
+    fr_origin: str = ""
 
     @property
     def n_accepted(self) -> int:
@@ -77,6 +82,7 @@ class PipelineResult:
                  f"{self.n_frames} frames of {dims}, on {self.device}",
                  f"  components: {self.n_components} found, {self.n_accepted} accepted, "
                  f"{self.n_rejected} rejected",
+                 *([f"  {self.fr_origin}"] if self.fr_origin else []),
                  "  seconds per stage:"]
         for name, sec in self.timings.items():
             lines.append(f"    {name:<20s} {sec:8.2f}")
@@ -150,6 +156,37 @@ def min_frames(params: CNMFParams) -> int:
     return max(2, int(t["lags"]) + int(t["p"]) + 1)
 
 
+def movie_selection(params: CNMFParams) -> dict:
+    """The :func:`~gpu_cnmf.io.open_movie` arguments that ``params.data``
+    sets: ``var_name_hdf5``, ``plane``, ``channel``, ``nwb_series``."""
+    d = params.data
+    if d["plane"] == "all":
+        raise ParameterError("data.plane = 'all' runs each plane as its own movie: use "
+                             "run_pipeline, or pick one plane (an integer)")
+    return {"var_name_hdf5": d["var_name_hdf5"], "plane": d["plane"], "channel": d["channel"],
+            "nwb_series": d["nwb_series"]}
+
+
+def _check_planes(path, src, params: CNMFParams) -> None:
+    """A multi-plane recording read as a volume needs motion.is3D; say how
+    to pick a plane otherwise."""
+    n_planes = src.metadata.get("n_planes", 1)
+    if n_planes > 1 and src.metadata.get("plane") is None and not params.motion["is3D"]:
+        raise MovieError(f"{path}: the recording holds {n_planes} planes; pick one with "
+                         f"data.plane (--plane 0..{n_planes - 1}), or --plane all to analyse "
+                         "each plane as its own movie")
+
+
+def fr_origin(params: CNMFParams, metadata: dict) -> str:
+    """Where ``data.fr`` came from, as a line for the user."""
+    fr = params.data["fr"]
+    if "data.fr" not in params._derived:
+        return f"fr = {fr:g} Hz (data.fr, set by the user)"
+    if metadata.get("fr") is not None and float(metadata["fr"]) == float(fr):
+        return f"fr = {fr:g} Hz from {metadata.get('fr_source', 'the movie metadata')}"
+    return f"fr = {fr:g} Hz (the default: data.fr not set and the movie records no frame rate)"
+
+
 def check_inputs(fnames, params: CNMFParams, out_path=None):
     """Check everything :func:`run_pipeline` needs before it does any work.
 
@@ -167,15 +204,13 @@ def check_inputs(fnames, params: CNMFParams, out_path=None):
     for p in paths:
         if not os.path.exists(p):
             raise MovieError(f"{p}: movie file not found")
-        if os.path.isdir(p) and not p.rstrip("/").endswith(".zarr"):
-            raise MovieError(f"{p}: is a folder, not a movie file")
     params.device()   # DeviceError now, not after an hour of motion correction
 
-    var = params.data["var_name_hdf5"]
     n_frames, dims = 0, None
     for p in paths:
         # one file at a time so that an error names the file at fault
-        with open_movie(p, var_name_hdf5=var) as src:
+        with open_movie(p, **movie_selection(params)) as src:
+            _check_planes(p, src, params)
             if dims is not None and tuple(src.dims) != dims:
                 raise MovieError(f"{p}: frame shape {tuple(src.dims)} differs from {dims} "
                                  f"of {paths[0]}")
@@ -265,10 +300,16 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     Parameters
     ----------
     fnames : path or list of paths
-        The movie (several files are joined in time).
+        The movie (several files are joined in time); a folder of Miniscope
+        videos or a Bruker folder is one movie.
     params : CNMFParams (or a dict of parameters)
         All parameters; ``use_cuda`` picks the device of every stage.
         Not modified: the run uses a copy with ``data.fnames`` set.
+        ``data.plane`` / ``data.channel`` / ``data.nwb_series`` pick what
+        of a multi-plane, multi-channel or NWB recording is analysed;
+        ``data.plane = 'all'`` analyses each plane as its own movie. When
+        ``data.fr`` is not set, the frame rate the movie records is used
+        (a line on stderr and the summary say where it came from).
     out_path : path
         The HDF5 results file (CaImAn's ``cnmf.save`` layout, plus
         ``motion/`` and ``extra/summary_images``), written atomically.
@@ -296,7 +337,9 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     Returns
     -------
     PipelineResult
-        Print it for the closing summary.
+        Print it for the closing summary. With ``data.plane = 'all'``, a
+        list of them, one per plane, written to ``<out>_plane<i>.<ext>``
+        (:func:`plane_outputs`).
 
     Notes
     -----
@@ -309,8 +352,14 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     MovieError, ParameterError, DeviceError
         Bad inputs, found before any work is done; no output file is left.
     """
+    if isinstance(params, dict):
+        params = CNMFParams(params_dict=params)
+    if isinstance(params, CNMFParams) and params.data["plane"] == "all":
+        return _run_each_plane(fnames, params, out_path, progress=progress,
+                               keep_memmap=keep_memmap, work_dir=work_dir,
+                               n_processes=n_processes, ring_cnn=ring_cnn)
     from .cnmf import CNMF
-    from .io import load_memmap
+    from .io import load_memmap, open_movie
     from .io.results import save_results
     from .motion import MotionCorrect
     from .summary import summary_images
@@ -332,15 +381,24 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     kept: list[str] = []
     mc = None
     limits = contextlib.ExitStack()
+    movie = None
     try:
+        movie = open_movie(paths, **movie_selection(params))
+        fr_note = fr_origin(params, movie.metadata)
+        if progress:
+            print(f"gpu-cnmf: {fr_note}", file=sys.stderr, flush=True)
+        else:
+            log.info("%s", fr_note)
         # the budgets every stage sizes its chunks from (backend.host_budget)
         limits.enter_context(backend.memory_limits(params.patch["memory_limit"],
                                                    params.patch["device_memory_limit"],
                                                    device))
         def motion():
-            m = MotionCorrect(paths, var_name_hdf5=params.data["var_name_hdf5"],
+            motion_params = params.get_group("motion")
+            motion_params.pop("var_name_hdf5", None)
+            m = MotionCorrect(movie, var_name_hdf5=params.data["var_name_hdf5"],
                               base_name=str(base_dir / stem), progress=progress,
-                              **params.get_group("motion"))
+                              **motion_params)
             m.motion_correct(save_movie=True)
             return m
         mc = stages.run("motion correction", motion)
@@ -398,12 +456,14 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         est.timings.update({f"pipeline_{k}": v for k, v in stages.timings.items()})
         extra = {"summary_images": summary,
                  "run": {"fnames": list(paths), "n_frames": int(T),
-                         "device": backend.describe(device),
+                         "device": backend.describe(device), "fr_origin": fr_note,
                          "memmap_files": list(kept), "ring_cnn": bool(ring_cnn)}}
         stages.run("save", save_results, out_path, run_params, est.to_dict(),
                    motion=_motion_dict(mc), extra=extra)
     finally:
         limits.close()
+        if movie is not None:
+            movie.close()
         if mc is not None and hasattr(mc, "source"):
             mc.source.close()
         if tmp_dir is not None:
@@ -414,6 +474,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     bad = np.asarray(est.idx_components_bad if est.idx_components_bad is not None
                      else np.zeros(0), dtype=int)
     return PipelineResult(out_path=out_path, n_frames=int(T), dims=tuple(mm_dims),
+                          fr_origin=fr_note,
                           n_components=int(est.nr), idx_components=good,
                           idx_components_bad=bad, timings=dict(stages.timings),
                           device=backend.describe(device), fnames=list(paths),
@@ -426,3 +487,32 @@ def run_batch(fnames_list, params, out_dir, client=None, **kwargs):
     from .batch import run_batch as _run_batch
 
     return _run_batch(fnames_list, params, out_dir, client=client, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# every plane of a multi-plane recording, one after the other
+
+def plane_outputs(out_path, n_planes: int) -> list[str]:
+    """Results file of each plane: ``r.hdf5`` -> ``r_plane0.hdf5``, ..."""
+    out = Path(out_path)
+    return [str(out.with_name(f"{out.stem}_plane{i}{out.suffix}")) for i in range(n_planes)]
+
+
+def _run_each_plane(fnames, params: CNMFParams, out_path, **kwargs) -> list[PipelineResult]:
+    """``data.plane = 'all'``: :func:`run_pipeline` on each plane in turn,
+    results in :func:`plane_outputs`."""
+    from .io import open_movie
+
+    paths = _as_paths(fnames)
+    probe = params.copy()
+    probe.change_params({"data": {"plane": 0}})
+    with open_movie(paths[0], **movie_selection(probe)) as src:
+        n_planes = int(src.metadata.get("n_planes", 1))
+    results = []
+    for plane, out in enumerate(plane_outputs(out_path, n_planes)):
+        if kwargs.get("progress", True):
+            print(f"gpu-cnmf: plane {plane} of {n_planes} -> {out}", file=sys.stderr, flush=True)
+        p = params.copy()
+        p.change_params({"data": {"plane": plane}})
+        results.append(run_pipeline(paths, p, out, **kwargs))
+    return results

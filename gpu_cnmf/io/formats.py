@@ -12,6 +12,15 @@ for:
 - ``.npy``: memory-mapped with ``np.load(mmap_mode='r')``.
 - ``.mmap``: CaImAn's pixels x time files (:mod:`gpu_cnmf.io.memmap`).
 - zarr (optional dependency): an array, or array ``var_name_hdf5`` of a group.
+- video (``.avi``, ``.mkv``, ``.mp4``; extra ``video``): :mod:`.video`,
+  also a folder of Miniscope AVIs joined in numeric order;
+- Scanbox ``.sbx`` with its ``.mat`` header: :mod:`.sbx`;
+- NWB (extra ``formats``): an imaging series, :mod:`.nwb`;
+- multi-plane/multi-channel TIFFs (ScanImage, ImageJ hyperstacks) and
+  Bruker folders: :mod:`.multitiff`.
+
+Where a file records a frame rate, the reader puts it in the source's
+``metadata`` (``fr``, ``fr_source``).
 """
 from __future__ import annotations
 
@@ -24,11 +33,14 @@ import numpy as np
 
 from ..errors import MovieError
 from .memmap import load_memmap, parse_mmap_name, read_frames
-from .source import MovieSource
+from .source import MovieSource, select_index
+from .video import VIDEO_EXTENSIONS
 
 TIFF_EXTENSIONS = (".tif", ".tiff", ".btf")
-HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".nwb")
-SUPPORTED_EXTENSIONS = TIFF_EXTENSIONS + HDF5_EXTENSIONS + (".npy", ".mmap", ".zarr")
+HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf")
+NWB_EXTENSIONS = (".nwb",)
+SUPPORTED_EXTENSIONS = (TIFF_EXTENSIONS + HDF5_EXTENSIONS + NWB_EXTENSIONS +
+                        (".npy", ".mmap", ".zarr", ".sbx") + VIDEO_EXTENSIONS)
 
 # tifffile logs (rather than raises) what it skips in a damaged file; these
 # messages mean pages or data are missing, so the movie would come out short.
@@ -60,6 +72,13 @@ def _frame_shape(series) -> tuple:
     return tuple(series.shape) if len(series.shape) == 2 else tuple(series.shape[1:])
 
 
+def _pages_uniform(series) -> bool:
+    """Every series is made of whole 2-D pages of one shape and dtype."""
+    ref = (tuple(series[0].shape[-2:]), series[0].dtype)
+    return all((tuple(s.shape[-2:]), s.dtype) == ref and
+               len(s.pages) == int(np.prod(s.shape[:-2])) for s in series)
+
+
 class TiffSource(MovieSource):
     """A TIFF file: ``(T, d1, d2)`` pages, or ``(T, d1, d2, d3)`` volumes when
     the file's metadata (ImageJ hyperstack, tifffile shape) says so."""
@@ -79,12 +98,17 @@ class TiffSource(MovieSource):
                 raise MovieError(f"{path}: cannot read as TIFF: {err}") from err
             try:
                 series = tif.series
-                if len(series) > 1 and all(_frame_shape(s) == _frame_shape(series[0]) and
-                                           s.dtype == series[0].dtype for s in series):
+                same_frames = all(_frame_shape(s) == _frame_shape(series[0]) and
+                                  s.dtype == series[0].dtype for s in series)
+                # series of 2-D pages that tifffile groups in differing shapes
+                # (pages written in blocks of other shapes): one frame per page
+                per_page = not same_frames and _pages_uniform(series)
+                if len(series) > 1 and (same_frames or per_page):
                     # one series per write call (frame-by-frame or appending
                     # writers): reopen ignoring that metadata so that the pages
                     # form one uniform series
-                    n_frames = sum(1 if len(s.shape) == 2 else s.shape[0] for s in series)
+                    n_frames = sum(len(s.pages) for s in series) if per_page else \
+                        sum(1 if len(s.shape) == 2 else s.shape[0] for s in series)
                     tif.close()
                     self._flags = {"is_shaped": False, "is_imagej": False}
                     tif = tifffile.TiffFile(path, **self._flags)
@@ -98,6 +122,8 @@ class TiffSource(MovieSource):
                 # walk every IFD and parse the last one: a cut file fails here
                 tif.pages[len(tif.pages) - 1]
                 self._describe(tif, s)
+                from .multitiff import tiff_rate
+                self._meta = {"format": "tiff", **tiff_rate(tif, path)}
             except MovieError:
                 tif.close()
                 raise
@@ -309,21 +335,90 @@ class MmapSource(MovieSource):
         self._Yr = None
 
 
-def open_file(path: str | os.PathLike, var_name_hdf5: str = "mov") -> MovieSource:
-    """The reader for one file, chosen by its extension.
+def _single(source: MovieSource, plane, channel) -> MovieSource:
+    """``source`` (one plane, one channel) after checking a plane or
+    channel asked of it."""
+    try:
+        for what, value in (("plane", plane), ("channel", channel)):
+            if value is not None:
+                select_index(source.name, what, value, 1)
+    except MovieError:
+        source.close()
+        raise
+    return source
+
+
+def _open_folder(path: str, plane, channel) -> MovieSource:
+    from .multitiff import BrukerSource, find_bruker_xml
+    from .video import open_video_folder, video_files
+
+    if video_files(path):
+        return _single(open_video_folder(path), plane, channel)
+    xml = find_bruker_xml(path)
+    if xml is not None:
+        return BrukerSource(path, plane, channel, xml_path=xml)
+    raise MovieError(f"{path}: is a folder without a movie: expected video files (Miniscope "
+                     "0.avi, 1.avi, ...), a Bruker PrairieView .xml with its TIFFs, or a zarr "
+                     "store")
+
+
+def open_file(path: str | os.PathLike, var_name_hdf5: str = "mov", plane: int | None = None,
+              channel: int | None = None, nwb_series: str | None = None) -> MovieSource:
+    """The reader for one file (or recording folder), chosen by its extension.
+
+    Parameters
+    ----------
+    path : path
+        A movie file, a folder of Miniscope videos, a Bruker folder, or a
+        zarr store.
+    var_name_hdf5 : str
+        Dataset (HDF5), array (zarr); for NWB, when not ``"mov"`` and
+        ``nwb_series`` is None, the name of the series (CaImAn's use).
+    plane, channel : int, optional
+        The plane and channel of a multi-plane or multi-channel recording
+        (0-based). None: all planes as a volume; a recording with several
+        channels needs ``channel``.
+    nwb_series : str, optional
+        Series of an NWB file to read.
 
     Raises
     ------
     MovieError
         The file is missing, unreadable, truncated, not a movie, or of an
-        unsupported format.
+        unsupported format; a plane or channel is out of range.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MovieError(f"{path}: file not found")
     ext = os.path.splitext(path.rstrip("/\\"))[1].lower()
     if ext in TIFF_EXTENSIONS:
-        return TiffSource(path)
+        from .multitiff import open_layout_tiff
+        try:
+            source = open_layout_tiff(path, plane, channel)
+        except (ValueError, OSError, EOFError, IndexError, struct.error) as err:
+            if isinstance(err, MovieError):
+                raise
+            raise MovieError(f"{path}: cannot read as TIFF: {err}") from err
+        return source if source is not None else _single(TiffSource(path), plane, channel)
+    if ext in NWB_EXTENSIONS:
+        from .nwb import NWBSource
+        series = nwb_series if nwb_series is not None else \
+            (var_name_hdf5 if var_name_hdf5 != "mov" else None)
+        return _single(NWBSource(path, series), plane, channel)
+    if ext == ".sbx":
+        from .sbx import SbxSource
+        return SbxSource(path, plane, channel)
+    if ext in VIDEO_EXTENSIONS:
+        from .video import VideoSource
+        return _single(VideoSource(path), plane, channel)
+    if os.path.isdir(path) and ext != ".zarr" and not any(
+            os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup")):
+        return _open_folder(path, plane, channel)
+    source = _open_plain(path, ext, var_name_hdf5)
+    return _single(source, plane, channel)
+
+
+def _open_plain(path: str, ext: str, var_name_hdf5: str) -> MovieSource:
     if ext in HDF5_EXTENSIONS:
         return HDF5Source(path, var_name_hdf5)
     if ext == ".npy":

@@ -14,52 +14,72 @@ from .source import ArraySource, ConcatSource, MovieSource
 _PathLike = (str, os.PathLike)
 
 
-def _one(item, var_name_hdf5: str) -> MovieSource:
+def _one(item, var_name_hdf5: str, select: dict) -> MovieSource:
     if isinstance(item, MovieSource):
         return item
     if isinstance(item, _PathLike):
-        return open_file(item, var_name_hdf5)
+        return open_file(item, var_name_hdf5, **select)
     if isinstance(item, np.ndarray) or hasattr(item, "__array__") or hasattr(item, "detach"):
         return ArraySource(item)
     raise MovieError(f"cannot open a movie from {type(item).__name__}: expected a file path, "
                      "a list of paths, an array (T, d1, d2[, d3]) or a MovieSource")
 
 
-def open_movie(fnames, var_name_hdf5: str = "mov", check_nan: bool = False) -> MovieSource:
+def open_movie(fnames, var_name_hdf5: str = "mov", check_nan: bool = False,
+               plane: int | None = None, channel: int | None = None,
+               nwb_series: str | None = None) -> MovieSource:
     """Open a movie for lazy, frame-range reading.
 
     Parameters
     ----------
     fnames : path, list of paths, array or MovieSource
-        A ``.tif``/``.tiff``, ``.h5``/``.hdf5``/``.nwb``, ``.npy``, CaImAn
-        ``.mmap`` or ``.zarr`` file; several of them (joined in time, in the
-        order given; frame shapes must agree); or an in-memory array of shape
-        ``(T, d1, d2)`` or ``(T, d1, d2, d3)``.
+        A ``.tif``/``.tiff`` (ScanImage, ImageJ hyperstack included),
+        ``.h5``/``.hdf5``, ``.nwb``, ``.npy``, CaImAn ``.mmap``, ``.zarr``,
+        Scanbox ``.sbx`` or video (``.avi``, ``.mkv``, ``.mp4``) file; a
+        folder of Miniscope videos or a Bruker (PrairieView) folder; several
+        of them (joined in time, in the order given; frame shapes must
+        agree); or an in-memory array of shape ``(T, d1, d2)`` or ``(T, d1,
+        d2, d3)``.
     var_name_hdf5 : str
-        Dataset (HDF5) or array (zarr group) holding the movie.
+        Dataset (HDF5) or array (zarr group) holding the movie; for NWB
+        files, the series name when ``nwb_series`` is not given.
     check_nan : bool
         Scan the movie once and raise if any frame holds a NaN.
+    plane, channel : int, optional
+        Plane and channel (0-based) of a multi-plane / multi-channel
+        recording (ScanImage, ImageJ hyperstack, Bruker, Scanbox). None
+        reads every plane as a volume ``(T, Z, Y, X)``; a recording with
+        several channels needs ``channel``. Other files accept only 0.
+    nwb_series : str, optional
+        The TwoPhotonSeries/OnePhotonSeries of an NWB file (default: the
+        only one).
 
     Returns
     -------
     MovieSource
         With ``shape``, ``dims``, ``n_frames``, ``dtype``, ``read(start,
-        stop)``, ``iter_chunks(n)``; close it (or use ``with``) when done.
+        stop)``, ``iter_chunks(n)``, ``metadata`` (``fr`` and ``fr_source``
+        when the file records a frame rate; ``n_planes``, ``n_channels``);
+        close it (or use ``with``) when done.
 
     Raises
     ------
     MovieError
         A file is missing, unreadable, truncated, of an unknown format, not
-        3-D/4-D, empty; files disagree in frame shape; or (``check_nan``) a
-        frame holds a NaN, named by its index.
+        3-D/4-D, empty; files disagree in frame shape; a plane or channel
+        is out of range; or (``check_nan``) a frame holds a NaN, named by
+        its index.
+    OptionalDependencyError
+        The reader's package is not installed (the message names the extra).
     """
+    select = {"plane": plane, "channel": channel, "nwb_series": nwb_series}
     if isinstance(fnames, (list, tuple)):
         if not fnames:
             raise MovieError("fnames: the list of movie files is empty")
         parts: list[MovieSource] = []
         try:
             for item in fnames:
-                parts.append(_one(item, var_name_hdf5))
+                parts.append(_one(item, var_name_hdf5, select))
                 if len(fnames) > 1:
                     parts[-1].close()  # reopened on demand: bounds open files
             source = parts[0] if len(parts) == 1 else ConcatSource(parts)
@@ -68,7 +88,7 @@ def open_movie(fnames, var_name_hdf5: str = "mov", check_nan: bool = False) -> M
                 p.close()
             raise
     else:
-        source = _one(fnames, var_name_hdf5)
+        source = _one(fnames, var_name_hdf5, select)
     if check_nan:
         try:
             source.check_nan()
@@ -107,7 +127,8 @@ def _raise_on_nan(frames: np.ndarray, frame_index: np.ndarray, name: str) -> Non
 
 
 def load_movie(fnames, subindices=None, var_name_hdf5: str = "mov", check_nan: bool = False,
-               outtype=np.float32) -> np.ndarray:
+               outtype=np.float32, plane: int | None = None, channel: int | None = None,
+               nwb_series: str | None = None) -> np.ndarray:
     """Read a movie (or some of its frames) into memory.
 
     Parameters
@@ -131,7 +152,8 @@ def load_movie(fnames, subindices=None, var_name_hdf5: str = "mov", check_nan: b
     np.ndarray
         ``(n, d1, d2[, d3])``.
     """
-    with open_movie(fnames, var_name_hdf5=var_name_hdf5) as source:
+    with open_movie(fnames, var_name_hdf5=var_name_hdf5, plane=plane, channel=channel,
+                    nwb_series=nwb_series) as source:
         sel = _frame_indices(subindices, source.n_frames, source.name)
         dtype = source.dtype if outtype is None else np.dtype(outtype)
         if isinstance(sel, tuple):
@@ -154,11 +176,13 @@ def load_movie(fnames, subindices=None, var_name_hdf5: str = "mov", check_nan: b
     return out
 
 
-def movie_info(fnames, var_name_hdf5: str = "mov") -> dict:
-    """Shape, dims, frame count and dtype of a movie without reading frames."""
-    with open_movie(fnames, var_name_hdf5=var_name_hdf5) as source:
+def movie_info(fnames, var_name_hdf5: str = "mov", **select) -> dict:
+    """Shape, dims, frame count, dtype and the file's metadata (``fr``,
+    ``n_planes``, ...) of a movie without reading frames; ``select``:
+    ``plane``, ``channel``, ``nwb_series`` as for :func:`open_movie`."""
+    with open_movie(fnames, var_name_hdf5=var_name_hdf5, **select) as source:
         return {"shape": source.shape, "dims": source.dims, "n_frames": source.n_frames,
-                "dtype": source.dtype, "name": source.name}
+                "dtype": source.dtype, "name": source.name, "metadata": source.metadata}
 
 
 __all__: Sequence[str] = ["open_movie", "load_movie", "movie_info"]

@@ -20,6 +20,25 @@ from ..backend import frames_per_chunk
 from ..errors import MovieError, ParameterError
 
 
+def select_index(name: str, what: str, value, n: int, hint: str = "") -> int:
+    """Check a plane or channel index against the ``n`` the file holds.
+
+    Raises
+    ------
+    MovieError
+        ``value`` is not an integer in ``0..n-1``; the message names the
+        file (``name``), what was asked and what the file holds.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise MovieError(f"{name}: {what} must be an integer index (0-based), got {value!r}")
+    value = int(value)
+    if not 0 <= value < n:
+        plural = what if n == 1 else what + "s"
+        raise MovieError(f"{name}: {what} {value} is out of range: the file holds {n} {plural} "
+                         f"(expected {what} 0{'' if n == 1 else f'..{n - 1}'}){hint}")
+    return value
+
+
 def _native(array: np.ndarray) -> np.ndarray:
     """``array`` in native byte order (big-endian TIFFs exist)."""
     if array.dtype.byteorder not in ("=", "|") and not array.dtype.isnative:
@@ -54,6 +73,8 @@ class MovieSource:
     shape: tuple[int, ...]
     dtype: np.dtype
     name: str
+    # what the file says about the recording (see :attr:`metadata`)
+    _meta: dict | None = None
 
     def _setup(self, shape: Sequence[int], dtype, name: str) -> None:
         self.name = str(name)
@@ -91,6 +112,24 @@ class MovieSource:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    @property
+    def metadata(self) -> dict:
+        """What the file says about the recording, where it says it.
+
+        Keys a reader may set: ``fr`` (frames per second of this movie, i.e.
+        per plane of a multi-plane recording) with ``fr_source`` (a phrase
+        naming the metadata and the file, e.g. ``"ScanImage metadata of
+        m.tif"``), ``n_planes``, ``n_channels``, ``plane`` and ``channel``
+        (the selection read, None when all planes are read as a volume),
+        ``zoom``, ``format``. Empty for formats without such metadata.
+        """
+        return dict(self._meta or {})
+
+    @property
+    def fr(self) -> float | None:
+        """Frame rate from the file's metadata (Hz), or None."""
+        return (self._meta or {}).get("fr")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, shape={self.shape}, dtype={self.dtype})"
@@ -288,6 +327,7 @@ class ConcatSource(MovieSource):
             f"{self.parts[0].name} (+{len(self.parts) - 1} more files)"
         self._setup((int(self.offsets[-1]),) + dims, dtype, name)
         self._active: set[int] = set()
+        self._meta = self.parts[0].metadata
         for p in self.parts[1:]:
             p.close()
 
