@@ -276,6 +276,57 @@ def test_scanimage_planes_channels(tmp_path):
         open_movie(path, plane=0)
 
 
+def write_scanimage_bigtiff(path, pages, frame_data: str):
+    """A BigTIFF laid out as ScanImage (2016+) writes it: after the 16-byte
+    header, the static metadata block (magic 0x07030301, version 3, sizes,
+    the ``SI.*`` frame data) that tifffile's ``scanimage_metadata`` parses;
+    then each page's data and IFD (int16, one strip, uncompressed)."""
+    import struct
+
+    n, h, w = pages.shape
+    fd = frame_data.encode() + b"\0"
+    out = bytearray(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))
+    out += struct.pack("<IIII", 0x07030301, 3, len(fd), 0) + fd
+    # each page's Software tag: here only the format line ScanImage starts it with
+    software = b"SI.TIFF_FORMAT_VERSION = 3\0"
+    software_at = len(out)
+    out += software
+    ifd_offsets = []
+    for page in pages.astype("<i2"):
+        data_at = len(out)
+        out += page.tobytes()
+        ifd_offsets.append(len(out))
+        entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 16), (259, 3, 1, 1),
+                   (262, 3, 1, 1), (273, 16, 1, data_at), (277, 3, 1, 1), (278, 4, 1, h),
+                   (279, 16, 1, page.nbytes), (305, 2, len(software), software_at),
+                   (339, 3, 1, 2)]
+        out += struct.pack("<Q", len(entries))
+        for tag, typ, count, value in entries:
+            out += struct.pack("<HHQQ", tag, typ, count, value)
+        out += struct.pack("<Q", 0)        # next IFD, patched below
+    struct.pack_into("<Q", out, 8, ifd_offsets[0])
+    for a, b in zip(ifd_offsets[:-1], ifd_offsets[1:]):
+        n_entries = struct.unpack_from("<Q", out, a)[0]
+        struct.pack_into("<Q", out, a + 8 + 20 * n_entries, b)
+    path.write_bytes(bytes(out))
+
+
+def test_scanimage_bigtiff_header(tmp_path):
+    """The metadata block of ScanImage's BigTIFF header, read by tifffile."""
+    movie = _rng(18).integers(-50, 3000, (5, 2, 1, D1, D2)).astype(np.int16)   # T, Z, C
+    path = tmp_path / "file_00001.tif"
+    meta = SI_META.replace("channelSave = [1;2]", "channelSave = 2").replace("= 3", "= 2")
+    # the pages' Software tag names no planes or rates: only the header block does
+    write_scanimage_bigtiff(path, movie.reshape(-1, D1, D2), meta)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.scanimage_metadata["FrameData"]["SI.hStackManager.numSlices"] == 2
+    for z in range(2):
+        with open_movie(path, plane=z) as src:
+            check_reads(src, movie[:, z, 0])
+            assert src.metadata["fr"] == pytest.approx(10.1)
+            assert src.metadata["n_channels"] == 1
+
+
 def test_scanimage_single_plane_rate(tmp_path):
     movie = _rng(11).integers(0, 4000, (10, D1, D2)).astype(np.uint16)
     meta = "SI.hChannels.channelSave = 1\nSI.hStackManager.numSlices = 1\n" \
@@ -306,6 +357,13 @@ def test_imagej_hyperstack(tmp_path):
     tifffile.imwrite(tmp_path / "z.tif", vol, imagej=True, metadata={"axes": "TZYX"})
     with open_movie(tmp_path / "z.tif", plane=2) as src:
         check_reads(src, vol[:, 2])
+    # a plain ImageJ time series records its frame interval too
+    tifffile.imwrite(tmp_path / "t.tif", vol[:, 0], imagej=True,
+                     metadata={"axes": "TYX", "finterval": 0.125})
+    with open_movie(tmp_path / "t.tif") as src:
+        check_reads(src, vol[:, 0])
+        assert src.metadata["fr"] == 8.0 and "ImageJ metadata of t.tif" in src.metadata[
+            "fr_source"]
 
 
 def test_plain_files_take_plane_zero_only(tmp_path):
@@ -411,7 +469,7 @@ def synthetic():
     from gpu_cnmf.synthetic import make_movie
 
     movie, truth = make_movie("2p", dims=(48, 48), n_frames=200, n_neurons=6, seed=3,
-                              fr=30.0)
+                              fr=20.0)
     lo, hi = float(movie.min()), float(movie.max())
     return (movie - lo) / (hi - lo), truth
 
@@ -443,13 +501,13 @@ def test_run_miniscope_folder(tmp_path, capsys, synthetic):
     folder = tmp_path / "Miniscope"
     folder.mkdir()
     for i, a in enumerate(range(0, len(frames), 19)):       # 0.avi .. 10.avi
-        write_ffv1(folder / f"{i}.avi", frames[a:a + 19], fps=30)
-    (folder / "metaData.json").write_text(json.dumps({"frameRate": "30FPS"}))
+        write_ffv1(folder / f"{i}.avi", frames[a:a + 19], fps=25)   # the DAQ's setting wins
+    (folder / "metaData.json").write_text(json.dumps({"frameRate": "20FPS"}))
     out, captured = _run_cli(tmp_path, capsys, folder)
-    assert "fr = 30 Hz from Miniscope metaData.json" in captured.err
+    assert "fr = 20 Hz from Miniscope metaData.json" in captured.err
     f1, res = _f1(out, truth)
     assert f1 >= 0.7, f1
-    assert res["params"].data["fr"] == 30.0
+    assert res["params"].data["fr"] == 20.0
 
 
 def test_run_scanbox(tmp_path, capsys, synthetic):
@@ -457,9 +515,73 @@ def test_run_scanbox(tmp_path, capsys, synthetic):
     green = np.rint(movie * 30000 + 1000).astype(np.uint16)
     red = _rng(17).integers(0, 2000, green.shape).astype(np.uint16)   # a second PMT
     both = np.stack([green, red], axis=1)[:, None]                    # T, Z, C, Y, X
-    write_sbx(tmp_path / "rec", both, resfreq=30.0 * 48 / 2, bidirectional=True)
+    write_sbx(tmp_path / "rec", both, resfreq=20.0 * 48 / 2, bidirectional=True)
     out, captured = _run_cli(tmp_path, capsys, tmp_path / "rec.sbx", "--channel", "0")
-    assert "fr = 30 Hz from Scanbox header rec.mat" in captured.err
+    assert "fr = 20 Hz from Scanbox header rec.mat" in captured.err
     f1, res = _f1(out, truth)
     assert f1 >= 0.7, f1
-    assert res["params"].data["channel"] == 0 and res["params"].data["fr"] == 30.0
+    assert res["params"].data["channel"] == 0 and res["params"].data["fr"] == 20.0
+
+
+def test_sources_pickle(tmp_path):
+    """Readers travel to worker processes: pickled without open files, reopened."""
+    import pickle
+
+    movie = _rng(19).integers(0, 255, (6, 2, 2, D1, D2)).astype(np.uint8)
+    write_ffv1(tmp_path / "m.avi", movie[:, 0, 0])
+    write_sbx(tmp_path / "s", movie.astype(np.uint16))
+    tifffile.imwrite(tmp_path / "si.tif", movie.reshape(-1, D1, D2), software=SI_META.replace(
+        "= 3", "= 2"), metadata=None)
+    bruker = tmp_path / "bruker"
+    bruker.mkdir()
+    write_bruker(bruker, movie)
+    cases = [(tmp_path / "m.avi", {}, movie[:, 0, 0]),
+             (tmp_path / "s.sbx", {"plane": 1, "channel": 1}, movie[:, 1, 1]),
+             (tmp_path / "si.tif", {"plane": 1, "channel": 0}, movie[:, 1, 0]),
+             (bruker, {"plane": 0, "channel": 1}, movie[:, 0, 1])]
+    for path, select, expected in cases:
+        with open_movie(path, **select) as src:
+            src.read(0, 2)                          # files open
+            clone = pickle.loads(pickle.dumps(src))
+            np.testing.assert_array_equal(clone.read(3, 6), expected[3:6])
+            clone.close()
+
+
+def test_plane_all_runs_each_plane(tmp_path, monkeypatch):
+    """data.plane = 'all': one run per plane, results <out>_plane<i>.hdf5."""
+    from gpu_cnmf import pipeline
+
+    movie = _rng(20).integers(0, 255, (30, 3, 1, D1, D2)).astype(np.uint16)
+    write_sbx(tmp_path / "v", movie)
+    calls = []
+
+    def fake(fnames, params, out_path, **kwargs):
+        calls.append((params.data["plane"], os.path.basename(out_path)))
+        return out_path
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake)
+    params = CNMFParams(fnames=str(tmp_path / "v.sbx"), plane="all")
+    assert params.data["dims"] == (D1, D2)
+    out = pipeline._run_each_plane(str(tmp_path / "v.sbx"), params, tmp_path / "r.hdf5",
+                                   progress=False)
+    assert calls == [(0, "r_plane0.hdf5"), (1, "r_plane1.hdf5"), (2, "r_plane2.hdf5")]
+    assert len(out) == 3
+
+
+@pytest.mark.parametrize("case", ["no_mat", "plane", "channel", "no_plane"])
+def test_cli_bad_recording_one_line(tmp_path, capsys, case):
+    from gpu_cnmf.cli import main
+
+    movie = _rng(21).integers(0, 255, (20, 2, 2, D1, D2)).astype(np.uint16)
+    write_sbx(tmp_path / "r", movie)
+    args = {"no_mat": ["--channel", "0", "--plane", "0"], "plane": ["--plane", "4",
+            "--channel", "0"], "channel": ["--plane", "0", "--channel", "2"],
+            "no_plane": ["--channel", "1"]}[case]
+    if case == "no_mat":
+        (tmp_path / "r.mat").unlink()
+    rc = main(["run", str(tmp_path / "r.sbx"), "--out", str(tmp_path / "o.hdf5"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "r.sbx" in err, err
+    assert {"no_mat": "r.mat is missing", "plane": "plane 4 is out of range",
+            "channel": "channel 2 is out of range", "no_plane": "--plane all"}[case] in err
+    assert not (tmp_path / "o.hdf5").exists()
