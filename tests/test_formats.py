@@ -585,3 +585,32 @@ def test_cli_bad_recording_one_line(tmp_path, capsys, case):
     assert {"no_mat": "r.mat is missing", "plane": "plane 4 is out of range",
             "channel": "channel 2 is out of range", "no_plane": "--plane all"}[case] in err
     assert not (tmp_path / "o.hdf5").exists()
+
+
+def test_motion_correct_takes_plane_and_channel(tmp_path):
+    from gpu_cnmf.motion import MotionCorrect
+
+    movie = _rng(22).integers(0, 255, (10, 2, 2, D1, D2)).astype(np.uint16)
+    write_sbx(tmp_path / "r", movie)
+    mc = MotionCorrect(str(tmp_path / "r.sbx"), plane=1, channel=0, max_shifts=(2, 2))
+    np.testing.assert_array_equal(mc.source.read(), movie[:, 1, 0])
+    mc.source.close()
+
+
+def test_lexical_file_list_is_flagged(tmp_path, caplog):
+    """A shell glob (0, 1, 10, 2, ...) is joined as given, with a warning."""
+    movie = _rng(23).integers(0, 255, (11, D1, D2)).astype(np.uint8)
+    paths = []
+    for i in range(11):
+        tifffile.imwrite(tmp_path / f"{i}.tif", movie[i:i + 1])
+        paths.append(str(tmp_path / f"{i}.tif"))
+    lexical = sorted(paths)
+    with caplog.at_level("WARNING", logger="gpu_cnmf.io.movie"):
+        with open_movie(lexical) as src:
+            np.testing.assert_array_equal(src.read(), movie[[int(os.path.basename(p)[:-4])
+                                                             for p in lexical]])
+    assert "lexical order (0.tif, 1.tif, 10.tif" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gpu_cnmf.io.movie"):
+        open_movie(paths).close()
+    assert caplog.text == ""

@@ -2,6 +2,7 @@
 :func:`load_movie` (everything, or chosen frames, in memory)."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -12,6 +13,7 @@ from .formats import open_file
 from .source import ArraySource, ConcatSource, MovieSource
 
 _PathLike = (str, os.PathLike)
+log = logging.getLogger(__name__)
 
 
 def _one(item, var_name_hdf5: str, select: dict) -> MovieSource:
@@ -23,6 +25,23 @@ def _one(item, var_name_hdf5: str, select: dict) -> MovieSource:
         return ArraySource(item)
     raise MovieError(f"cannot open a movie from {type(item).__name__}: expected a file path, "
                      "a list of paths, an array (T, d1, d2[, d3]) or a MovieSource")
+
+
+def _warn_lexical_order(fnames) -> None:
+    """A shell glob lists ``0.avi 1.avi 10.avi 2.avi``: say so, since the
+    files are joined in the order given."""
+    from .video import natural_key
+
+    names = [os.fspath(f) for f in fnames if isinstance(f, _PathLike)]
+    if len(names) < 3 or len(names) != len(fnames):
+        return
+    natural = sorted(names, key=natural_key)
+    if names == sorted(names) and names != natural:
+        log.warning("fnames: the %d files are in lexical order (%s, ...), not numeric order "
+                    "(%s, ...); they are joined as given. Pass them in numeric order, or a "
+                    "Miniscope folder, which is joined numerically", len(names),
+                    ", ".join(os.path.basename(n) for n in names[:3]),
+                    ", ".join(os.path.basename(n) for n in natural[:3]))
 
 
 def open_movie(fnames, var_name_hdf5: str = "mov", check_nan: bool = False,
@@ -76,6 +95,7 @@ def open_movie(fnames, var_name_hdf5: str = "mov", check_nan: bool = False,
     if isinstance(fnames, (list, tuple)):
         if not fnames:
             raise MovieError("fnames: the list of movie files is empty")
+        _warn_lexical_order(fnames)
         parts: list[MovieSource] = []
         try:
             for item in fnames:

@@ -24,7 +24,8 @@ The frame count comes from the container's header when it has one (AVI);
 otherwise (Matroska, some MP4s) one pass over the packets counts them
 without decoding. On opening, the last frame is decoded: a file cut short
 (the header promises more frames than the file holds) is reported there,
-with how many frames it does hold.
+with how many frames it does hold. Both are done once per file (same path,
+size and modification time) in a process.
 
 Grey values
 -----------
@@ -58,6 +59,17 @@ VIDEO_EXTENSIONS = (".avi", ".mkv", ".mp4", ".mov", ".m4v", ".webm", ".wmv", ".m
 
 _GRAY = {"gray": np.uint8, "gray8": np.uint8, "gray16le": np.uint16, "gray16be": np.uint16}
 _RGB = ("rgb24", "bgr24", "rgba", "bgra", "argb", "abgr", "rgb48le", "bgr48le")
+
+
+# Files already checked in this process (path, size, mtime) -> frame count:
+# a run opens each file several times (checks, parameters, motion
+# correction), and a folder may hold hundreds of videos.
+_CHECKED: dict[tuple, int] = {}
+
+
+def _file_key(path: str) -> tuple:
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
 
 
 def _av():
@@ -145,7 +157,9 @@ class VideoSource(MovieSource):
             self._t0 = int(stream.start_time or 0)
             self._pix_fmt = ctx.pix_fmt or ctx.format.name
             dtype = _gray_dtype(self._pix_fmt, path)
-            n = int(stream.frames or 0)
+            key = _file_key(path)
+            known = _CHECKED.get(key)
+            n = int(stream.frames or 0) if known is None else known
             counted = n == 0
             if counted:     # the header has no count: count packets, no decoding
                 n = self._count_packets(container, stream)
@@ -160,7 +174,11 @@ class VideoSource(MovieSource):
             container.close()
             raise MovieError(f"{path}: cannot read as video: {err}") from err
         self._container, self._stream = container, stream
-        self._check_last_frame(counted)
+        if known is None:
+            self._check_last_frame(counted)
+            if len(_CHECKED) > 4096:
+                _CHECKED.clear()
+            _CHECKED[key] = n
 
     # -- locating frames -----------------------------------------------------
     @staticmethod

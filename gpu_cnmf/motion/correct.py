@@ -56,7 +56,9 @@ class MotionCorrect:
     """Rigid and piecewise-rigid motion correction (NoRMCorre), CaImAn's names.
 
     Parameters follow the ``motion`` group of CNMFParams; ``fname`` is a path,
-    a list of paths, or an array ``(T, *dims)``.
+    a list of paths, an array ``(T, *dims)`` or an opened movie
+    (:func:`gpu_cnmf.io.open_movie`); ``plane`` and ``channel`` pick one of a
+    multi-plane / multi-channel recording (``data.plane``, ``data.channel``).
 
     Attributes after :meth:`motion_correct`: ``shifts_rig`` (T, ndim),
     ``x_shifts_els``/``y_shifts_els``(/``z_shifts_els``) (T, n_patches) when
@@ -82,9 +84,10 @@ class MotionCorrect:
                  nonneg_movie=True, gSig_filt=None, use_cuda=False, border_nan=True,
                  pw_rigid=False, num_frames_split=80, var_name_hdf5="mov", is3D=False,
                  indices=(slice(None), slice(None)), base_name=None, chunk_frames=None,
-                 progress=True):
+                 progress=True, plane=None, channel=None):
         self.fname = fname if isinstance(fname, (list, tuple, np.ndarray)) else [fname]
-        self.source = open_movie(fname, var_name_hdf5=var_name_hdf5)
+        self.source = open_movie(fname, var_name_hdf5=var_name_hdf5, plane=plane,
+                                 channel=channel)
         self.dims = tuple(int(d) for d in self.source.dims)
         self.is3D = bool(is3D)
         nd = 3 if self.is3D else 2
