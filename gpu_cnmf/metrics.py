@@ -21,7 +21,8 @@ from scipy.optimize import linear_sum_assignment
 
 from .errors import ParameterError
 
-__all__ = ["binary_masks", "jaccard_distance", "match_distances", "roi_f1", "trace_correlation",
+__all__ = ["binary_masks", "jaccard_distance", "match_distances", "roi_f1",
+           "footprint_pieces", "fragmented_share", "trace_correlation",
            "spike_correlation", "registration_error", "crispness", "frame_correlations"]
 
 # Cost given to pairs beyond max_cost, so the assignment prefers any set of
@@ -94,6 +95,37 @@ def binary_masks(A, dims=None, thr: float = 0.2, method: str = "max") -> sp.csc_
     rows = np.concatenate(rows) if rows else np.zeros(0, int)
     cols = np.concatenate(cols) if cols else np.zeros(0, int)
     return sp.csc_matrix((np.ones(rows.size, bool), (rows, cols)), shape=A.shape)
+
+
+def footprint_pieces(A, dims, thr: float = 0.2) -> np.ndarray:
+    """Number of connected pieces (8-connectivity) of each footprint's mask
+    at ``thr`` times its peak, ``(K,)`` ints.
+
+    A footprint should be one piece around its cell; specks and fragments
+    of neighbouring structure show up as extra pieces.
+    """
+    from scipy import ndimage
+
+    d1, d2 = (int(d) for d in dims)
+    M = binary_masks(A, (d1, d2), thr=thr, method="max")
+    out = np.zeros(M.shape[1], dtype=np.int64)
+    full = np.ones((3, 3), bool)
+    for k in range(M.shape[1]):
+        idx = M.indices[M.indptr[k]:M.indptr[k + 1]]
+        if idx.size == 0:
+            continue
+        r, c = idx % d1, idx // d1
+        img = np.zeros((r.max() - r.min() + 1, c.max() - c.min() + 1), bool)
+        img[r - r.min(), c - c.min()] = True
+        out[k] = ndimage.label(img, structure=full)[1]
+    return out
+
+
+def fragmented_share(A, dims, thr: float = 0.2) -> float:
+    """Share of footprints in more than one piece at ``thr`` of their peak
+    (:func:`footprint_pieces`); NaN when there is no footprint."""
+    n = footprint_pieces(A, dims, thr)
+    return float(np.mean(n > 1)) if n.size else float("nan")
 
 
 def jaccard_distance(M_true: sp.spmatrix, M_est: sp.spmatrix) -> np.ndarray:

@@ -50,7 +50,8 @@ from scipy import ndimage, signal
 from .errors import ParameterError
 
 __all__ = [
-    "GroundTruth", "make_movie", "standard_2p", "standard_1p",
+    "GroundTruth", "make_movie", "standard_2p", "standard_1p", "hard_2p", "hard_1p",
+    "simulate_bursts",
     "ar_coefficients", "simulate_spikes", "calcium_from_spikes",
     "fourier_shift", "spline_warp", "rigid_trajectory", "window_mean_flow",
     "footprint_values",
@@ -203,6 +204,36 @@ def simulate_spikes(rng: np.random.Generator, n_neurons: int, n_frames: int,
     return counts * event * bright[:, None]
 
 
+def simulate_bursts(rng: np.random.Generator, n_neurons: int, n_frames: int,
+                    fr: float, firing_rate: float = 1.0, rate_spread: float = 0.5,
+                    amplitude: float = 1.0, amplitude_spread: float = 0.4,
+                    burst_size: float = 3.0, burst_spread: float = 0.6) -> np.ndarray:
+    """Spike trains in bursts, as cortical neurons fire (hard movies).
+
+    Burst onsets are Poisson at ``firing_rate / burst_size`` (Hz, log-normal
+    across neurons by ``rate_spread``) so the mean spike rate stays about
+    ``firing_rate``; a burst holds ``1 + Poisson(burst_size - 1)`` spikes
+    spread over the next few frames (geometric gaps of mean ~20 ms), and
+    every spike's size is log-normal by ``burst_spread`` around the neuron's
+    brightness: transients of very unequal heights, some single spikes
+    barely above the noise, some summed bursts several times larger.
+    Returns S (K, T) float64.
+    """
+    rates = firing_rate * rng.lognormal(0.0, rate_spread, n_neurons) / max(burst_size, 1.0)
+    bright = amplitude * rng.lognormal(-amplitude_spread**2 / 2, amplitude_spread, n_neurons)
+    S = np.zeros((n_neurons, n_frames))
+    gap = 1.0 / (1.0 + 0.02 * fr)       # geometric p: gaps of mean 0.02 fr frames
+    for k in range(n_neurons):
+        onsets = np.nonzero(rng.random(n_frames) < rates[k] / fr)[0]
+        for t0 in onsets:
+            n = 1 + rng.poisson(max(burst_size - 1.0, 0.0))
+            t = t0 + np.cumsum(np.r_[0, rng.geometric(gap, n - 1) - 1])
+            t = t[t < n_frames]
+            amp = rng.lognormal(-burst_spread**2 / 2, burst_spread, len(t))
+            np.add.at(S[k], t, bright[k] * amp)
+    return S
+
+
 def calcium_from_spikes(S: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Run spikes through the AR process ``c_t = sum_i g_i c_{t-i} + s_t``.
 
@@ -269,6 +300,18 @@ def footprint_values(y, x, center, sigmas, angle, order: int) -> np.ndarray:
     v = -s * dy + c * dx
     q = (u / sigmas[0]) ** 2 + (v / sigmas[1]) ** 2
     return _bump(q, order)
+
+
+def _nucleus_factor(y0, x0, shape, center, sigma, angle, pad, depth) -> np.ndarray:
+    """``1 - depth * n(y)`` on a patch at canvas (y0, x0): ``n`` a Gaussian
+    nucleus half the cell's size at its centre (smooth, so Fourier shifts
+    of the scene stay exact)."""
+    yy, xx = np.meshgrid(np.arange(y0, y0 + shape[0]) - pad,
+                         np.arange(x0, x0 + shape[1]) - pad, indexing="ij")
+    c, s = np.cos(angle), np.sin(angle)
+    dy, dx = yy - center[0], xx - center[1]
+    q = ((c * dy + s * dx) / (0.5 * sigma[0])) ** 2 + ((-s * dy + c * dx) / (0.5 * sigma[1])) ** 2
+    return 1 - depth * np.exp(-q / 2)
 
 
 def _render_footprints(centers, sigmas, angles, order, offset):
@@ -377,9 +420,11 @@ class _NonrigidField:
     field can be evaluated anywhere, which the exact inversion needs.
     """
 
-    def __init__(self, rng, n_frames, fr, dims, max_shift, nonrigid_amplitude):
+    def __init__(self, rng, n_frames, fr, dims, max_shift, nonrigid_amplitude, jitter=0.1,
+                 timescale=2.0):
         self.dims = dims
-        self.rigid = rigid_trajectory(rng, n_frames, fr, max_shift - nonrigid_amplitude)
+        self.rigid = rigid_trajectory(rng, n_frames, fr, max_shift - nonrigid_amplitude,
+                                      jitter=jitter, timescale=timescale)
         n_modes = 4
         coef = np.stack([
             np.stack([_smooth_trace(rng, n_frames, 0.5 * fr) for _ in range(n_modes)])
@@ -528,7 +573,10 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
                resting_spread: float = 0.3, nucleus: Optional[float] = None,
                n_silent: Optional[int] = None, n_vessels: Optional[int] = None,
                vessel_depth: Optional[float] = None, motion_timescale: float = 2.0,
-               motion_jitter: float = 0.1):
+               motion_jitter: float = 0.1, ring_fraction: float = 0.0,
+               ring_depth: float = 0.6, spikes: str = "poisson", burst_size: float = 3.0,
+               decay_spread: float = 0.0, bleach: float = 0.0, n_out_of_focus: int = 0,
+               dtype: str = "float32", adc_offset: float = 100.0):
     """Simulate a calcium-imaging movie and its ground truth.
 
     Parameters
@@ -634,15 +682,58 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         shade every background component: the static texture that
         high-pass filtered (``gSig_filt``) registration relies on.
 
+    ring_fraction : float
+        Share of the active cells whose *activity* footprint has a dim
+        nucleus (default 0). GCaMP is cytosolic, so many somata light up as
+        rings; ring cells defeat initialisations that look for a blob's
+        bright centre. ``ring_depth`` (default 0.6) is the dimming at the
+        centre. ``A`` holds the ring shape (the truth is what lights up).
+    spikes : 'poisson' or 'bursts'
+        Spike model: independent Poisson spikes (default) or bursts
+        (:func:`simulate_bursts`, ``burst_size`` spikes on average) with
+        widely varying amplitudes, as cortical neurons fire.
+    decay_spread : float
+        Each cell's decay time varies log-normally by this much (default 0:
+        all share ``decay_time``); ``truth.g`` is then per cell.
+    bleach : float
+        Photobleaching: the share of all fluorescence lost by the last frame,
+        an exponential decay over the recording (default 0). ``C`` and ``f``
+        include it (``C = bleach(t) * AR(S)``), so ``Y = A C + b f`` holds
+        and CNMF's traces are compared with what the movie shows.
+    n_out_of_focus : int
+        1p: cells above or below the focal plane (default 0): 2.5x wider,
+        Gaussian-like and 3x dimmer blobs whose activity follows their own
+        spike trains. They are not neurons to be found: they belong to the
+        background (each is one extra column of ``b`` and row of ``f``),
+        which is then no longer low rank — the case CNMF-E's ring model is
+        for.
+    dtype : 'float32' or 'uint16'
+        'uint16' stores the movie as a camera or PMT digitiser would:
+        ``round(adc_offset + gain * Y)`` photon counts, clipped to
+        [0, 65535] (``gain`` photons per movie unit; with
+        ``shot_noise='poisson'`` the noise is Poisson-Gaussian as in
+        real detectors). ``C``, ``b`` and ``sn`` are then scaled to counts
+        (``A`` keeps its unit peaks); ``adc_offset`` is in ``truth.params``.
+
     Returns
     -------
-    movie : np.ndarray (T, d1, d2) float32
+    movie : np.ndarray (T, d1, d2) float32 (uint16 with ``dtype='uint16'``)
     truth : GroundTruth
     """
     if kind not in _DEFAULTS:
         raise ParameterError(f"kind: expected '2p' or '1p', got {kind!r}")
     if motion not in (None, "rigid", "nonrigid"):
         raise ParameterError(f"motion: expected None, 'rigid' or 'nonrigid', got {motion!r}")
+    if spikes not in ("poisson", "bursts"):
+        raise ParameterError(f"spikes: expected 'poisson' or 'bursts', got {spikes!r}")
+    if dtype not in ("float32", "uint16"):
+        raise ParameterError(f"dtype: expected 'float32' or 'uint16', got {dtype!r}")
+    if not (0 <= ring_fraction <= 1 and 0 <= ring_depth < 1 and 0 <= bleach < 1
+            and decay_spread >= 0 and n_out_of_focus >= 0 and burst_size >= 1):
+        raise ParameterError(
+            "ring_fraction in [0, 1], ring_depth and bleach in [0, 1), decay_spread >= 0, "
+            f"n_out_of_focus >= 0 and burst_size >= 1 expected, got {ring_fraction}, "
+            f"{ring_depth}, {bleach}, {decay_spread}, {n_out_of_focus}, {burst_size}")
     if shot_noise not in ("gaussian", "poisson"):
         raise ParameterError(f"shot_noise: expected 'gaussian' or 'poisson', got {shot_noise!r}")
     D = _DEFAULTS[kind]
@@ -691,6 +782,9 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     if not (0 <= nucleus <= 1 and 0 <= vessel_depth < 1):
         raise ParameterError(f"nucleus in [0, 1] and vessel_depth in [0, 1) expected, got "
                              f"{nucleus}, {vessel_depth}")
+    if n_out_of_focus and kind != "1p":
+        raise ParameterError("n_out_of_focus: out-of-focus cells are a 1p term (2p optical "
+                             "sectioning rejects them)")
     if kind == "1p" and resting > 0:
         raise ParameterError("resting: the cells' resting fluorescence is a 2p term "
                              "(1p backgrounds are dominated by out-of-focus light)")
@@ -713,9 +807,12 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     pad = int(np.ceil(max_shift + max(R - margin, 0))) + 3
     canvas = (_good_size(dims[0] + 2 * pad), _good_size(dims[1] + 2 * pad))
     Hc, Wc = canvas
-    patches = []
+    patches, solid = [], []
     a_rows, a_cols, a_vals = [], [], []
+    # (drawn after the footprints so that ring_fraction=0 movies are unchanged)
+    ring = np.zeros(K, bool)
     for k, (y0, x0, P) in enumerate(_render_footprints(centers, sigmas, angles, order, pad)):
+        solid.append((y0, x0, P))
         # Normalise each footprint's max over the field of view to exactly 1.
         iy = np.arange(y0, y0 + P.shape[0]) - pad
         ix = np.arange(x0, x0 + P.shape[1]) - pad
@@ -723,11 +820,31 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         mx = (ix >= 0) & (ix < dims[1])
         sub = P[np.ix_(my, mx)]
         P = P / sub.max()
+        solid[-1] = (y0, x0, P.astype(np.float32))
         patches.append((y0, x0, P.astype(np.float32)))
         ii, jj = np.nonzero(sub)
         a_rows.append(iy[my][ii] + ix[mx][jj] * dims[0])
         a_cols.append(np.full(len(ii), k))
         a_vals.append(sub[ii, jj] / sub.max())
+    if ring_fraction > 0 and K:
+        # Ring cells: the nucleus dims the activity footprint too (the peak
+        # moves to the cytoplasm, renormalised to 1 over the field of view).
+        rng_ring = np.random.default_rng(ss.spawn(7)[6])
+        ring = rng_ring.random(K) < ring_fraction
+        for k in np.nonzero(ring)[0]:
+            y0, x0, P = patches[k]
+            Q = P * _nucleus_factor(y0, x0, P.shape, centers[k], sigmas[k], angles[k], pad,
+                                    ring_depth)
+            iy = np.arange(y0, y0 + Q.shape[0]) - pad
+            ix = np.arange(x0, x0 + Q.shape[1]) - pad
+            my = (iy >= 0) & (iy < dims[0])
+            mx = (ix >= 0) & (ix < dims[1])
+            sub = Q[np.ix_(my, mx)]
+            Q = Q / sub.max()
+            patches[k] = (y0, x0, Q.astype(np.float32))
+            ii, jj = np.nonzero(sub)
+            a_rows[k] = iy[my][ii] + ix[mx][jj] * dims[0]
+            a_vals[k] = sub[ii, jj] / sub.max()
     if K:
         A = sp.csc_matrix((np.concatenate(a_vals), (np.concatenate(a_rows),
                            np.concatenate(a_cols))), shape=(dims[0] * dims[1], K))
@@ -735,8 +852,24 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         A = sp.csc_matrix((dims[0] * dims[1], 0))
 
     # --- activity
-    S = simulate_spikes(rng_t, K, T, fr, firing_rate, amplitude=amplitude / _kernel_peak(g))
-    C = calcium_from_spikes(S, g)
+    if decay_spread > 0:
+        rng_dec = np.random.default_rng(ss.spawn(8)[7])
+        taus = decay_time * rng_dec.lognormal(-decay_spread**2 / 2, decay_spread, K)
+        taus = np.maximum(taus, 1.5 * rise_time if p == 2 else 0.5 / fr)
+        g_k = np.stack([ar_coefficients(tk, fr, p, rise_time if p == 2 else None)
+                        for tk in taus]) if K else np.zeros((0, p))
+    else:
+        g_k = np.tile(g, (K, 1))
+    if spikes == "bursts":
+        S = simulate_bursts(rng_t, K, T, fr, firing_rate, amplitude=1.0, burst_size=burst_size)
+    else:
+        S = simulate_spikes(rng_t, K, T, fr, firing_rate, amplitude=1.0)
+    if decay_spread > 0:     # one transient peak per cell whatever its kinetics
+        S = S * (amplitude / np.array([_kernel_peak(gk) for gk in g_k]))[:, None]
+    else:
+        S = S * (amplitude / _kernel_peak(g))
+    C = calcium_from_spikes(S, g_k if decay_spread > 0 else g)
+    decay = (1 - bleach) ** (np.arange(T) / max(T - 1, 1)) if bleach > 0 else None
 
     # --- background (fields on the canvas, periodic there)
     if kind == "2p":
@@ -745,7 +878,7 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         fl = [1 + bg_fluct * _smooth_trace(rng_bg, T, 3 * fr) for _ in range(max(nb - 1, 1))]
         # Static anatomy: the cells' resting fluorescence (plus silent cells)
         # adds to the baseline; vessel shadows dim every static field.
-        base = base + _resting_anatomy(rng_an, patches, centers, sigmas, angles, order, pad,
+        base = base + _resting_anatomy(rng_an, solid, centers, sigmas, angles, order, pad,
                                        canvas, dims, resting * amplitude, resting_spread,
                                        nucleus, n_silent, gSig, size_spread, max_aspect)
         shade = _vessel_shadows(rng_an, canvas, pad, dims, n_vessels, vessel_depth)
@@ -771,6 +904,7 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         for _ in range(nb - 1):
             b_c.append(0.4 * _smooth_field(rng_bg, canvas, bg_scale))
             f_.append(np.clip(1 + bg_fluct * _smooth_trace(rng_bg, T, 1.0 * fr), 0.05, None))
+        shade = None
         if n_vessels:
             # Vessels shadow all the light, in and out of focus: the static
             # texture that high-pass filtered (gSig_filt) registration sees.
@@ -784,8 +918,18 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         mean_bg = float(crop.reshape(-1, nb).mean(0) @ f.mean(1))
         cell_peak = float(np.median(C.max(1))) if K else amplitude
         b_canvas *= bg_ratio * cell_peak / mean_bg
+        if n_out_of_focus:
+            ob, of = _out_of_focus(np.random.default_rng(ss.spawn(9)[8]), n_out_of_focus,
+                                   dims, canvas, pad, gSig, T, fr, firing_rate, g,
+                                   amplitude / _kernel_peak(g), shade)
+            b_canvas = np.concatenate([b_canvas, ob], 1)
+            f = np.concatenate([f, of], 0)
+    nb_all = b_canvas.shape[1]
+    if decay is not None:
+        C = C * decay
+        f = f * decay
     b = np.stack([b_canvas[:, j].reshape(Hc, Wc)[pad:pad + dims[0], pad:pad + dims[1]]
-                  .ravel(order="F") for j in range(nb)], 1)
+                  .ravel(order="F") for j in range(nb_all)], 1)
 
     # --- motion
     shifts = np.zeros((T, 2))
@@ -794,7 +938,8 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         shifts = rigid_trajectory(rng_mo, T, fr, max_shift, jitter=motion_jitter,
                                   timescale=motion_timescale)
     elif motion == "nonrigid":
-        wfield = _NonrigidField(rng_mo, T, fr, dims, max_shift, nonrigid_amplitude)
+        wfield = _NonrigidField(rng_mo, T, fr, dims, max_shift, nonrigid_amplitude,
+                                jitter=motion_jitter, timescale=motion_timescale)
     flow = np.zeros((T, 2) + dims, np.float32) if motion == "nonrigid" else None
 
     # --- render, move, add noise, chunk by chunk (torch, for its threads)
@@ -855,10 +1000,17 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     sn_img = np.sqrt(noise**2 + (np.clip(mean_F, 0, None) / gain if gain is not None else 0))
     if motion == "nonrigid":
         shifts = flow.mean(axis=(2, 3)).astype(np.float64)
+    scale = 1.0
+    if dtype == "uint16":
+        # The digitiser: photon counts (gain per movie unit) on a dark offset.
+        scale = float(gain) if gain is not None else 1.0 / max(noise, 1e-3)
+        movie = np.clip(np.rint(adc_offset + scale * movie), 0, 65535).astype(np.uint16)
+        C, S, b, sn_img = C * scale, S * scale, b * scale, sn_img * scale
 
     truth = GroundTruth(
         A=A, C=C.astype(np.float32), S=S.astype(np.float32), b=b.astype(np.float32),
-        f=f.astype(np.float32), g=np.tile(g, (K, 1)), sn=sn_img.ravel(order="F").astype(np.float32),
+        f=f.astype(np.float32), g=g_k.astype(np.float64),
+        sn=sn_img.ravel(order="F").astype(np.float32),
         dims=dims, shifts=shifts.astype(np.float32), flow=flow, clean=clean, kind=kind, fr=fr,
         decay_time=decay_time, rise_time=rise_time if p == 2 else None, centers=centers,
         sigmas=sigmas, angles=angles, gain=gain, read_noise=noise,
@@ -867,7 +1019,10 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
                     gSig=gSig, nb=nb, gain=gain, bg_ratio=bg_ratio, pad=pad, canvas=canvas,
                     footprint_order=order, nonrigid_amplitude=nonrigid_amplitude,
                     resting=resting, nucleus=nucleus, n_silent=n_silent, n_vessels=n_vessels,
-                    vessel_depth=vessel_depth))
+                    vessel_depth=vessel_depth, ring_fraction=ring_fraction, ring=ring,
+                    ring_depth=ring_depth, spikes=spikes, decay_spread=decay_spread,
+                    bleach=bleach, n_out_of_focus=n_out_of_focus, dtype=dtype,
+                    adc_offset=adc_offset if dtype == "uint16" else 0.0, adc_scale=scale))
     return movie, truth
 
 
@@ -896,12 +1051,8 @@ def _resting_anatomy(rng, patches, centers, sigmas, angles, order, pad, canvas, 
     r = level * rng.lognormal(-spread**2 / 2, spread, K + n_silent)
 
     def draw(y0, x0, P, cen, sig, ang, rk):
-        yy, xx = np.meshgrid(np.arange(y0, y0 + P.shape[0]) - pad,
-                             np.arange(x0, x0 + P.shape[1]) - pad, indexing="ij")
-        c, s = np.cos(ang), np.sin(ang)
-        dy, dx = yy - cen[0], xx - cen[1]
-        q = ((c * dy + s * dx) / (0.5 * sig[0])) ** 2 + ((-s * dy + c * dx) / (0.5 * sig[1])) ** 2
-        _add_wrapped(img, y0, x0, rk * P * (1 - nucleus * np.exp(-q / 2)))
+        _add_wrapped(img, y0, x0,
+                     rk * P * _nucleus_factor(y0, x0, P.shape, cen, sig, ang, pad, nucleus))
 
     for k, (y0, x0, P) in enumerate(patches):
         draw(y0, x0, P, centers[k], sigmas[k], angles[k], r[k])
@@ -920,6 +1071,27 @@ def _resting_anatomy(rng, patches, centers, sigmas, angles, order, pad, canvas, 
         for j, (y0, x0, P) in enumerate(_render_footprints(cen, sig, ang, order, pad)):
             draw(y0, x0, P, cen[j], sig[j], ang[j], 0.5 * r[K + j])
     return img
+
+
+def _out_of_focus(rng, n, dims, canvas, pad, gSig, T, fr, firing_rate, g, amplitude,
+                  shade) -> tuple[np.ndarray, np.ndarray]:
+    """Cells above or below the focal plane (1p): blurred 2.5x, a third as
+    bright, Gaussian-like (order 12 bumps, periodic on the canvas), each
+    with its own Poisson spike train. Returns background columns
+    (canvas pixels, n) in C order and their time courses (n, T)."""
+    cen = rng.uniform(0, 1, (n, 2)) * (np.array(dims) - 1)
+    sig = 2.5 * gSig * rng.uniform(0.8, 1.2, n)
+    cols = []
+    for j in range(n):
+        img = np.zeros(canvas)
+        for y0, x0, P in _render_footprints(cen[j:j + 1], np.array([[sig[j], sig[j]]]),
+                                            np.zeros(1), 12, pad):
+            _add_wrapped(img, y0, x0, P / 3.0)
+        if shade is not None:
+            img = img * shade
+        cols.append(img.ravel())
+    S = simulate_spikes(rng, n, T, fr, firing_rate, amplitude=amplitude)
+    return np.stack(cols, 1), calcium_from_spikes(S, g)
 
 
 def _vessel_shadows(rng, canvas, pad, dims, n_vessels, depth) -> np.ndarray:
@@ -988,6 +1160,73 @@ def standard_2p(seed: int = 0, **overrides):
     """
     kw = dict(kind="2p", dims=(256, 256), n_frames=2000, n_neurons=120, motion="rigid",
               max_shift=5.0, keep_clean=False, seed=seed)
+    kw.update(overrides)
+    return make_movie(**kw)
+
+
+# The hard movies: what real data does that the standard ones do not. Each
+# option is documented in make_movie; why each is there:
+# - rings (ring_fraction): GCaMP is cytosolic, so many somata are bright
+#   annuli around a dim nucleus; blob detectors centred on the brightest
+#   pixel split or miss them.
+# - sizes and ellipticities +-30 % (size_spread, max_aspect): a single gSig
+#   is never right for every cell.
+# - dense overlap (min_dist 1.1 gSig, many cells): merging and the greedy
+#   initialisation's residual must separate touching cells.
+# - bursts of spikes with varied amplitudes (spikes='bursts'): transients
+#   from barely detectable to saturating, as cortical neurons fire.
+# - AR(2) calcium with a rise time, decay times varying per cell
+#   (p=2, decay_spread): the fitted model's p=1 is then only approximate.
+# - per-cell baselines (resting, 2p): every cell is visible at rest, so the
+#   static anatomy competes with the activity.
+# - neuropil as smooth low-rank background with its own fluctuations (nb=3).
+# - photobleaching (bleach): baselines and transients shrink over the
+#   recording; detrending and the background's drift must absorb it.
+# - Poisson-Gaussian noise stored as uint16 photon counts on a dark offset
+#   (shot_noise='poisson', dtype='uint16'): the noise variance follows the
+#   brightness and the movie must be read as integers.
+# - rigid jitter plus a smooth non-rigid warp (motion='nonrigid'; the
+#   defaults below use rigid motion: the exact warp and its inverse field
+#   cost ~10x the rest of the movie, pass motion='nonrigid' to add it).
+# - 1p: a background 8x brighter than the cells' peaks that drifts and
+#   fluctuates (bg_ratio, bg_fluct, nb), blood-vessel shadows (n_vessels)
+#   and out-of-focus cells (n_out_of_focus) that belong to the background.
+_HARD = {
+    "2p": dict(kind="2p", dims=(200, 200), n_frames=1500, n_neurons=100, p=2,
+               rise_time=0.06, decay_time=0.5, decay_spread=0.25, spikes="bursts",
+               firing_rate=0.6, size_spread=0.3, max_aspect=1.7, min_dist=5.5,
+               ring_fraction=0.5, ring_depth=0.6, nb=3, neuropil=0.4, bg_fluct=0.15,
+               bleach=0.25, shot_noise="poisson", dtype="uint16", motion="rigid",
+               max_shift=4.0, keep_clean=False),
+    "1p": dict(kind="1p", dims=(200, 200), n_frames=1500, n_neurons=60, p=2,
+               rise_time=0.08, decay_time=0.6, decay_spread=0.25, spikes="bursts",
+               firing_rate=0.6, size_spread=0.3, max_aspect=1.7, min_dist=5.0,
+               nb=4, bg_ratio=8.0, bg_fluct=0.5, n_vessels=3, vessel_depth=0.3,
+               n_out_of_focus=12, bleach=0.2, shot_noise="poisson", dtype="uint16",
+               motion="rigid", max_shift=3.0, keep_clean=False),
+}
+
+
+def hard_2p(seed: int = 0, **overrides):
+    """A hard two-photon movie (200x200x1500 at 30 Hz, 100 cells): ring
+    cells, sizes and shapes +-30 %, dense overlap, bursts, AR(2) kinetics
+    varying per cell, resting anatomy, low-rank neuropil, 25 %
+    photobleaching, Poisson-Gaussian noise as uint16 counts, rigid motion
+    with jitter (``motion='nonrigid'`` adds a smooth warp; see the comment
+    above ``_HARD`` for why each feature is there).
+    Keyword arguments override :func:`make_movie`'s."""
+    kw = dict(_HARD["2p"], seed=seed)
+    kw.update(overrides)
+    return make_movie(**kw)
+
+
+def hard_1p(seed: int = 0, **overrides):
+    """A hard one-photon movie (200x200x1500 at 30 Hz, 60 cells): the hard
+    cell and activity features of :func:`hard_2p` under a background 8x
+    brighter than the cells' peaks that drifts and fluctuates, three
+    blood-vessel shadows, 12 out-of-focus cells in the background, 20 %
+    photobleaching, Poisson-Gaussian uint16 counts and rigid motion."""
+    kw = dict(_HARD["1p"], seed=seed)
     kw.update(overrides)
     return make_movie(**kw)
 

@@ -91,6 +91,36 @@ def median_filter(x: torch.Tensor, window) -> torch.Tensor:
     return cols.median(dim=1).values.reshape(n, H, W)
 
 
+def reconstruct_from_peak(x: torch.Tensor, ss: torch.Tensor, check_every: int = 4
+                          ) -> torch.Tensor:
+    """Grey reconstruction by dilation of each image (n, H, W) from its peak.
+
+    ``R(p)`` is the largest level ``l`` such that ``p`` lies in the
+    connected component (connectivity ``ss``) of ``{x >= l}`` that holds
+    the peak, i.e. the highest path minimum over paths from the peak to
+    ``p``; ``R <= x``, with equality on every pixel reachable from the peak
+    without dipping below its own value. Iterated geodesic dilation:
+    ``R <- min(dilate(R, ss), x)`` until it stops changing.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return x
+    x = x.clamp_min(0)
+    flat = x.reshape(n, -1)
+    R = torch.zeros_like(flat)
+    top = flat.argmax(1, keepdim=True)
+    R.scatter_(1, top, flat.gather(1, top))
+    R = R.reshape(x.shape)
+    it = 0
+    while True:
+        prev = R
+        for _ in range(check_every):
+            R = torch.minimum(_shift_reduce(R, ss, "max", 0), x)
+        it += check_every
+        if torch.equal(R, prev) or it > 4 * sum(x.shape[1:]):
+            return R
+
+
 def largest_component(mask: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
     """Keep the largest connected component (connectivity ``ss``) of each mask.
 

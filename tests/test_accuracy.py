@@ -1,0 +1,159 @@
+"""The hard synthetic movies (issue 15) and the pipeline's accuracy on
+small versions of them: ROI F1 (all and accepted), trace correlation and
+clean (one-piece) footprints."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from gpu_cnmf.errors import ParameterError
+from gpu_cnmf.metrics import footprint_pieces, fragmented_share
+from gpu_cnmf.synthetic import hard_1p, hard_2p, make_movie, simulate_bursts
+
+TINY = dict(dims=(64, 64), n_frames=300)
+
+
+def test_hard_2p_features():
+    movie, tr = hard_2p(0, n_neurons=20, **TINY)
+    P = tr.params
+    # stored as uint16 photon counts on the dark offset, truth in counts
+    assert movie.dtype == np.uint16 and movie.min() >= 0
+    assert P["adc_offset"] == 100.0 and P["adc_scale"] == tr.gain
+    resid = movie.astype(np.float64) - P["adc_offset"] - tr.denoised()
+    # Poisson-Gaussian: residual variance follows the brightness
+    bright = tr.denoised() > np.percentile(tr.denoised(), 90)
+    dim = tr.denoised() < np.percentile(tr.denoised(), 10)
+    assert resid[bright].var() > 1.3 * resid[dim].var()
+    np.testing.assert_allclose(np.median(np.abs(resid)) / 0.6745,
+                               np.median(tr.sn), rtol=0.25)
+    # ring cells: the activity footprint is dimmer at the centre than around it
+    ring = P["ring"]
+    assert 0.25 < ring.mean() < 0.75
+    imgs = tr.footprint_images()
+    centre = np.array([ndimage.map_coordinates(im, c[:, None], order=1)[0]
+                       for im, c in zip(imgs, tr.centers)])
+    assert np.all(centre[ring] < 0.75) and np.all(centre[~ring] > 0.9)
+    # per-cell kinetics (AR(2) with a rise), bleaching in C and f
+    assert tr.g.shape == (20, 2) and np.ptp(tr.g[:, 0]) > 0.01
+    T = tr.T
+    assert tr.f[0, -20:].mean() < 0.85 * tr.f[0, :20].mean()
+    # sizes +-30 %
+    size = np.sqrt(tr.sigmas.prod(1))
+    assert size.max() / size.min() > 1.4
+
+
+def test_bursts_and_1p_out_of_focus():
+    rng = np.random.default_rng(0)
+    S = simulate_bursts(rng, 30, 3000, 30.0, firing_rate=1.0, burst_size=3.0)
+    n = (S > 0).sum()              # frames with spikes (a burst may share frames)
+    assert 0.4 * 30 * 100 < n < 1.2 * 30 * 100        # ~1 Hz over 100 s
+    # clustered: a spike is often followed by another within 3 frames
+    nxt = np.array([(s[1:][:, None] > 0)[:len(s) - 3] for s in S]).mean()
+    follow = np.mean([((s[:-3] > 0) & ((s[1:-2] > 0) | (s[2:-1] > 0) | (s[3:] > 0))).sum()
+                      / max((s[:-3] > 0).sum(), 1) for s in S])
+    assert follow > 0.4 and follow > 5 * nxt
+    amp = S[S > 0]
+    assert np.std(np.log(amp)) > 0.4                  # very unequal events
+    movie, tr = hard_1p(0, n_neurons=10, n_out_of_focus=4, **TINY)
+    assert movie.dtype == np.uint16
+    assert tr.b.shape[1] == 4 + 4 and tr.f.shape[0] == 8
+    # the background is much brighter than the cells
+    bg = (tr.b @ tr.f).mean()
+    assert bg > 4 * np.median(tr.C.max(1))
+    with pytest.raises(ParameterError, match="n_out_of_focus"):
+        make_movie("2p", n_out_of_focus=3, **TINY)
+    with pytest.raises(ParameterError, match="spikes"):
+        make_movie("2p", spikes="gamma", **TINY)
+
+
+def test_footprint_pieces():
+    d = (20, 20)
+    img = np.zeros(d)
+    img[5:9, 5:9] = 1.0
+    one = img.ravel(order="F")
+    img2 = img.copy()
+    img2[15, 15] = 0.3                      # a speck above 20 % of the peak
+    img3 = img.copy()
+    img3[15, 15] = 0.1                      # below: not a piece
+    A = np.stack([one, img2.ravel(order="F"), img3.ravel(order="F")], 1)
+    np.testing.assert_array_equal(footprint_pieces(A, d), [1, 2, 1])
+    assert fragmented_share(A, d) == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------ the pipeline on hard movies
+def _run(kind, tmp_path, **size):
+    import tifffile
+
+    from gpu_cnmf.demo import demo_params, score
+    from gpu_cnmf.io import load_results
+    from gpu_cnmf.pipeline import run_pipeline
+
+    movie, truth = (hard_2p if kind == "2p" else hard_1p)(0, **size)
+    tif = tmp_path / "hard.tif"
+    tifffile.imwrite(tif, movie)
+    res = run_pipeline([str(tif)], demo_params(truth, use_cuda=False),
+                       str(tmp_path / "hard.hdf5"), progress=False)
+    saved = load_results(res.out_path)
+    est = saved["estimates"]
+    s = score(truth, est, saved["motion"]["shifts_rig"])
+    good = np.asarray(est["idx_components"], dtype=int)
+    s["fragmented"] = fragmented_share(est["A"][:, good], truth.dims)
+    print(kind, {k: round(float(v), 3) for k, v in s.items()})
+    return s
+
+
+# Small versions of benchmarks/accuracy.py's movies (seed 0). Measured
+# figures are in the comments; the asserted levels leave a margin. The
+# issue's targets (1p: F1 accepted >= 0.95, all >= 0.90, trace r >= 0.90;
+# 2p: accepted >= 0.93, all >= 0.92) are NOT reached yet: see
+# benchmarks/RESULTS.md (issue 15).
+HARD_2P = dict(dims=(80, 80), n_frames=400, n_neurons=18)
+HARD_1P = dict(dims=(80, 80), n_frames=400, n_neurons=12)
+
+
+def test_pipeline_on_hard_2p(tmp_path):
+    # measured: F1 accepted 0.839, all 0.875 (14 found, 13 accepted, 18
+    # true; precision 1.0, recall 0.72), trace r 0.999, fragmented 0/13
+    s = _run("2p", tmp_path, **HARD_2P)
+    assert s["f1"] >= 0.75
+    assert s["f1_all"] >= 0.78
+    assert s["trace_r"] >= 0.95
+    assert s["fragmented"] < 0.10
+
+
+def test_pipeline_on_hard_1p(tmp_path):
+    # measured: F1 accepted 0.696, all 0.385 (40 found, 11 accepted, 12
+    # true), trace r 0.976, fragmented 2/11 (4/11 before the peak-path
+    # rule of cnmf.spatial.threshold_components; the 10 % target is not met)
+    s = _run("1p", tmp_path, **HARD_1P)
+    assert s["f1"] >= 0.60
+    assert s["f1_all"] >= 0.30
+    assert s["trace_r"] >= 0.93
+    assert s["fragmented"] <= 0.30
+
+
+def test_threshold_keeps_one_piece_around_the_peak():
+    import torch
+
+    from gpu_cnmf.cnmf.morphology import reconstruct_from_peak
+    from gpu_cnmf.cnmf.spatial import threshold_components
+
+    d = (24, 24)
+    yy, xx = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
+    cell = np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / (2 * 2.5 ** 2))
+    ring = cell * (1 - 0.6 * np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / (2 * 1.25 ** 2)))
+    low = 0.03 * (np.hypot(yy - 8, xx - 8) < 14)        # the support's noisy fringe
+    speck = np.zeros(d)
+    speck[18, 18] = 0.4                                  # joined only through the fringe
+    imgs = [cell + low + speck, ring + low]
+    A = torch.as_tensor(np.stack([im.ravel(order="F") for im in imgs], 1), dtype=torch.float32)
+    out = threshold_components(A, d).numpy()
+    assert out[18 + 18 * 24, 0] == 0                     # the speck is gone
+    np.testing.assert_array_equal(footprint_pieces(out, d), [1, 1])
+    assert (np.abs(out[:, 0] - A[:, 0].numpy())[np.hypot(yy - 8, xx - 8).ravel(order="F") < 6]
+            ).max() == 0                                  # the cell itself is untouched
+    assert out[8 + 8 * 24, 1] > 0                        # a ring keeps its dim nucleus
+    x = torch.as_tensor(np.stack(imgs), dtype=torch.float32)
+    R = reconstruct_from_peak(x, torch.ones(3, 3, dtype=torch.bool))
+    assert torch.all(R <= x + 1e-7)
+    assert float(R[0, 18, 18]) < 0.05          # reached only through the 0.03 fringe
+    assert float(R[0, 8, 8]) == pytest.approx(float(x[0, 8, 8]))
