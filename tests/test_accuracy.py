@@ -47,10 +47,10 @@ def test_bursts_and_1p_out_of_focus():
     n = (S > 0).sum()              # frames with spikes (a burst may share frames)
     assert 0.4 * 30 * 100 < n < 1.2 * 30 * 100        # ~1 Hz over 100 s
     # clustered: a spike is often followed by another within 3 frames
-    nxt = np.array([(s[1:][:, None] > 0)[:len(s) - 3] for s in S]).mean()
+    base = (S > 0).mean()                  # chance that a given frame holds a spike
     follow = np.mean([((s[:-3] > 0) & ((s[1:-2] > 0) | (s[2:-1] > 0) | (s[3:] > 0))).sum()
                       / max((s[:-3] > 0).sum(), 1) for s in S])
-    assert follow > 0.4 and follow > 5 * nxt
+    assert follow > 0.4 and follow > 10 * base
     amp = S[S > 0]
     assert np.std(np.log(amp)) > 0.4                  # very unequal events
     movie, tr = hard_1p(0, n_neurons=10, n_out_of_focus=4, **TINY)
@@ -135,18 +135,20 @@ def test_threshold_keeps_one_piece_around_the_peak():
     import torch
 
     from gpu_cnmf.cnmf.morphology import reconstruct_from_peak
-    from gpu_cnmf.cnmf.spatial import threshold_components
+    from gpu_cnmf.cnmf.spatial import PEAK_PATH, threshold_components
 
     d = (24, 24)
     yy, xx = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
     cell = np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / (2 * 2.5 ** 2))
     ring = cell * (1 - 0.6 * np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / (2 * 1.25 ** 2)))
-    low = 0.03 * (np.hypot(yy - 8, xx - 8) < 14)        # the support's noisy fringe
+    low = 0.03 * (np.hypot(yy - 8, xx - 8) < 16)        # the support's noisy fringe
     speck = np.zeros(d)
     speck[18, 18] = 0.4                                  # joined only through the fringe
     imgs = [cell + low + speck, ring + low]
     A = torch.as_tensor(np.stack([im.ravel(order="F") for im in imgs], 1), dtype=torch.float32)
-    out = threshold_components(A, d).numpy()
+    plain = threshold_components(A, d).numpy()          # CaImAn's rule alone
+    assert plain[18 + 18 * 24, 0] > 0 and footprint_pieces(plain, d)[0] == 2
+    out = threshold_components(A, d, peak_path=PEAK_PATH).numpy()
     assert out[18 + 18 * 24, 0] == 0                     # the speck is gone
     np.testing.assert_array_equal(footprint_pieces(out, d), [1, 1])
     assert (np.abs(out[:, 0] - A[:, 0].numpy())[np.hypot(yy - 8, xx - 8).ravel(order="F") < 6]

@@ -105,7 +105,7 @@ def ellipse_supports(A, dims, dist=3.0):
 
 
 def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
-                         nrgthr=0.9999, extract_cc=True, se=None, ss=None):
+                         nrgthr=0.9999, extract_cc=True, se=None, ss=None, peak_path=None):
     """CaImAn's footprint post-processing, batched over components.
 
     Parameters
@@ -120,6 +120,11 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
         Keep only the largest connected component (connectivity ``ss``).
     se : array
         Structuring element of the binary closing of the mask.
+    peak_path : float, optional
+        With ``extract_cc``, also drop pixels that no path from the peak
+        reaches without dropping below ``peak_path`` times their own value
+        (the spatial update passes :data:`PEAK_PATH`; None: CaImAn's
+        thresholding alone).
 
     Returns
     -------
@@ -153,13 +158,14 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
         bw = closing(bw.reshape(x.shape), se_t)
         if extract_cc:
             bw = largest_component(bw, ss_t)
+        if extract_cc and peak_path:
             # The component around the peak at every level, not only at the
             # (near-zero, for nrgthr=0.9999) mask level: drop pixels reached
             # from the peak only through values below PEAK_PATH of their own
             # (specks and pieces of neighbouring structure that the support
             # joins through its noisy low fringe).
             R = reconstruct_from_peak(torch.where(bw, crops, torch.zeros_like(crops)), ss_t)
-            bw = bw & (R >= PEAK_PATH * crops)
+            bw = bw & (R >= float(peak_path) * crops)
         return bw
 
     mask = crop_map(imgs, imgs > 0, pad, fn)
@@ -270,7 +276,7 @@ def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandC
     W = (W[:, :d] / norms[:, None]).T
     A_new, b_new = W[:, :K], W[:, K:].contiguous()
     A_new = threshold_components(A_new, mm.dims, medw, thr_method, maxthr, nrgthr,
-                                 extract_cc, se, ss)
+                                 extract_cc, se, ss, peak_path=PEAK_PATH)
     keep = (A_new > 0).any(0)
     return A_new, b_new, keep
 
