@@ -149,7 +149,8 @@ def _cgroup_room() -> int | None:
 # the stages plan with the rest, less a small allowance for libraries loaded
 # later and allocator slack:
 #
-#     host_budget() = L - baseline - _HOST_SLACK
+#     host_budget() = L - baseline - slack,
+#     slack = (L - baseline) / 4 clipped to [16 MiB, 64 MiB]
 #
 # Without a limit the host budget is DEFAULT_MEMORY_FRACTION of the free
 # memory (cgroup-aware), capped at _HOST_BUDGET_CAP; the device budget is
@@ -162,7 +163,9 @@ _UNITS = {"": 1, "b": 1,
           "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 _HOST_SLACK = 64 * 1024**2
+_HOST_SLACK_MIN = 16 * 1024**2
 _LIMITS: dict[str, int] = {}        # "cpu" / "cuda:0" -> bytes the user allows
+_SCALE: dict[str, float] = {}       # budget shrink after out-of-memory retries
 _BASELINE: dict[str, int] = {}      # "cpu" -> anonymous bytes held when the limit was set
 
 
@@ -296,9 +299,14 @@ def host_budget() -> int:
     DEFAULT_MEMORY_FRACTION of the free memory capped at _HOST_BUDGET_CAP.
     At least 1.
     """
+    return max(1, int(_host_budget() * _SCALE.get("cpu", 1.0)))
+
+
+def _host_budget() -> int:
     limit = _LIMITS.get("cpu")
     if limit is not None:
-        return max(1, limit - _BASELINE.get("cpu", 0) - _HOST_SLACK)
+        room = limit - _BASELINE.get("cpu", 0)
+        return max(1, room - min(_HOST_SLACK, max(_HOST_SLACK_MIN, room // 4)))
     env = _env_budget()
     if env is not None:
         return env
@@ -316,12 +324,11 @@ def device_budget(device: torch.device | str = "cpu") -> int:
     if key == "cpu":
         return host_budget()
     limit = _LIMITS.get(key)
-    if limit is not None:
-        return limit
-    env = _env_budget()
-    if env is not None:
-        return env
-    return max(1, int(free_memory(device) * DEFAULT_MEMORY_FRACTION))
+    if limit is None:
+        limit = _env_budget()
+    if limit is None:
+        limit = int(free_memory(device) * DEFAULT_MEMORY_FRACTION)
+    return max(1, int(limit * _SCALE.get(key, 1.0)))
 
 
 def memory_budget(device: torch.device | str = "cpu",
@@ -409,6 +416,54 @@ def frames_per_chunk(frame_shape: Sequence[int], *, itemsize: int = 4,
 # ----------------------------------------------------------------------------
 # Out-of-memory on the device: retry with half the chunk.
 
+def run_stage(fn, *, stage: str, device, floor: int = 64 * 1024**2):
+    """Run a whole stage ``fn()``; on a device out-of-memory error run it
+    again with its memory budget halved (every chunk the stage sizes from
+    :func:`device_budget` halves with it), down to ``floor`` bytes.
+
+    Raises
+    ------
+    DeviceError
+        Still out of memory with a budget of ``floor``: names the stage and
+        the memory it needed.
+    """
+    key = _key(device)
+    mib = 1024**2
+    full = max(1, device_budget(device) // mib)        # the budget in MiB
+    saved = _SCALE.get(key)
+
+    def attempt(budget_mib):
+        _SCALE[key] = (saved or 1.0) * budget_mib / full
+        return fn()
+    try:
+        out, _ = oom_retry(attempt, full, stage=stage, floor=max(1, min(full, floor // mib)),
+                           nbytes=mib, unit="MiB of budget")
+    finally:
+        if saved is None:
+            _SCALE.pop(key, None)
+        else:
+            _SCALE[key] = saved
+    return out
+
+
+# Reads and writes of the movie, in elements (pixels x frames), so that a
+# stage's passes over the movie are counted whatever the dtype: the
+# pipeline divides the change over a stage by pixels x T.
+_IO = {"read": 0, "written": 0}
+
+
+def count_movie_io(read: int = 0, written: int = 0) -> None:
+    """Record ``read`` / ``written`` movie elements (readers and writers of
+    the movie call this; :func:`movie_io` reports the totals)."""
+    _IO["read"] += int(read)
+    _IO["written"] += int(written)
+
+
+def movie_io() -> dict:
+    """Totals so far: ``{'read': elements, 'written': elements}``."""
+    return dict(_IO)
+
+
 _INJECT: dict[str, int] = {}
 
 
@@ -472,7 +527,13 @@ def empty_cache() -> None:
             pass
 
 
-def oom_retry(fn, chunk: int, *, stage: str, floor: int = 1, nbytes=None):
+def _asked(err) -> str:
+    """The allocation an out-of-memory message names ("Tried to allocate 2.00 GiB")."""
+    m = re.search(r"[Tt]ried to allocate ([0-9.]+ ?[KMGT]i?B)", str(err))
+    return f" (its last allocation asked for {m.group(1)})" if m else ""
+
+
+def oom_retry(fn, chunk: int, *, stage: str, floor: int = 1, nbytes=None, unit: str = ""):
     """Call ``fn(chunk)``; on a device out-of-memory error halve ``chunk`` and retry.
 
     Parameters
@@ -489,6 +550,8 @@ def oom_retry(fn, chunk: int, *, stage: str, floor: int = 1, nbytes=None):
     nbytes : callable or number, optional
         Device bytes a chunk needs: ``nbytes(chunk)``, or bytes per unit of
         chunk. Used in the error message.
+    unit : str
+        What ``chunk`` counts ("frames", "pixels"), for the messages.
 
     Returns
     -------
@@ -516,14 +579,14 @@ def oom_retry(fn, chunk: int, *, stage: str, floor: int = 1, nbytes=None):
                 elif nbytes is not None:
                     need = float(nbytes) * chunk
                 needed = f"about {format_bytes(need)}" if need is not None else "more than was free"
+                u = f" {unit}" if unit else ""
                 raise DeviceError(
-                    f"{stage}: out of device memory even at the smallest chunk ({chunk}); "
-                    f"it needed {needed}. Free the GPU, lower device_memory_limit so that "
-                    f"chunks are planned smaller, or run on the CPU (use_cuda=False). "
-                    f"Original error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                ) from err
+                    f"{stage}: out of device memory even at the smallest chunk ({chunk}{u}); "
+                    f"it needed {needed}{_asked(err)}. Free the GPU (other processes hold "
+                    "memory on it), or run on the CPU (use_cuda=False)") from err
             new = max(floor, chunk // 2)
-            log.warning("%s: out of device memory at chunk %d; retrying with %d", stage, chunk, new)
+            log.warning("%s: out of device memory at chunk %d%s; retrying with %d", stage,
+                        chunk, f" {unit}" if unit else "", new)
             chunk = new
 
 

@@ -143,11 +143,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(quiet: bool, log_file=None) -> None:
+def _configure_logging(quiet: bool, log_file=None) -> list:
     """Send the ``gpu_cnmf`` logger's lines (progress every 10 %, stage notes)
     to stderr, and to ``log_file``, so a batch job's log shows where it is.
 
-    Only when the application has not configured logging itself.
+    Only when the application has not configured logging itself. Returns
+    the handlers added (removed again when the run ends).
     """
     import logging
 
@@ -169,6 +170,16 @@ def _configure_logging(quiet: bool, log_file=None) -> None:
         log.addHandler(h)
     if handlers:
         log.setLevel(logging.INFO)
+    return handlers
+
+
+def _remove_handlers(handlers) -> None:
+    import logging
+
+    log = logging.getLogger("gpu_cnmf")
+    for h in handlers:
+        log.removeHandler(h)
+        h.close()
 
 
 def _run(args) -> int:
@@ -184,7 +195,6 @@ def _run(args) -> int:
                       (args.device_memory_limit, "device_memory_limit")):
         if flag is not None:
             params.change_params({"patch": {key: flag}})
-    _configure_logging(quiet=args.quiet, log_file=args.log_file)
     chosen = {k: getattr(args, k) for k in ("plane", "channel", "nwb_series")
               if getattr(args, k) is not None}
     if chosen:
@@ -195,8 +205,12 @@ def _run(args) -> int:
         out = str(first.with_name(first.stem + "_results.hdf5"))
     run = run_pipeline if args.scheduler is None else _on_cluster(args.scheduler, out,
                                                                    args.quiet)
-    result = run(args.movies, params, out, progress=not args.quiet,
-                 keep_memmap=args.keep_memmap, ring_cnn=args.ring_cnn)
+    handlers = _configure_logging(quiet=args.quiet, log_file=args.log_file)
+    try:
+        result = run(args.movies, params, out, progress=not args.quiet,
+                     keep_memmap=args.keep_memmap, ring_cnn=args.ring_cnn)
+    finally:
+        _remove_handlers(handlers)
     for one in (result if isinstance(result, list) else [result]):
         print(one.summary(), flush=True)
     return 0

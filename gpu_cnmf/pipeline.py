@@ -5,12 +5,12 @@ Stages, as a CaImAn user runs them by hand:
 1. check the inputs (files exist and are movies with enough frames and no
    NaNs; parameters parse; the device exists; the output folder exists);
 2. motion correction (``MotionCorrect``, rigid or piecewise-rigid as
-   ``motion['pw_rigid']`` says), written as a memory-mapped movie;
-3. the pixels x T C-order memmap CNMF reads (``Yr_d1_.._order_C_..``);
-4. CNMF on patches (``CNMF.fit``) and 5. ``refit`` on the whole field of view;
-6. component evaluation (SNR, spatial correlation, CNN) and summary images
-   (mean, max, std and the local correlation image ``Cn``);
-7. the results file (:func:`gpu_cnmf.io.results.save_results`), written
+   ``motion['pw_rigid']`` says), whose last pass writes the pixels x T
+   C-order memmap CNMF reads (``Yr_d1_.._order_C_..``) and accumulates the
+   summary images (mean, max, std and the local correlation image ``Cn``);
+3. CNMF on patches (``CNMF.fit``) and 4. ``refit`` on the whole field of view;
+5. component evaluation (SNR, spatial correlation, CNN);
+6. the results file (:func:`gpu_cnmf.io.results.save_results`), written
    atomically.
 
 Memory maps go to a temporary folder removed at the end (``keep_memmap``
@@ -41,9 +41,9 @@ __all__ = ["run_pipeline", "run_batch", "PipelineResult", "load_params_file", "c
            "movie_selection", "plane_outputs"]
 
 log = logging.getLogger(__name__)
+_log = logging.getLogger("gpu_cnmf")
 
-_STAGES = ("validate", "motion correction", "memmap", "CNMF fit", "refit",
-           "evaluation", "save")
+_STAGES = ("validate", "motion correction", "CNMF fit", "refit", "evaluation", "save")
 RING_STAGE = "Ring-CNN background"
 
 
@@ -65,6 +65,8 @@ class PipelineResult:
     estimates: object = None
     params: CNMFParams | None = None
     fr_origin: str = ""
+    passes: dict = field(default_factory=dict)
+    peak_memory: dict = field(default_factory=dict)
 
     @property
     def n_accepted(self) -> int:
@@ -83,10 +85,17 @@ class PipelineResult:
                  f"  components: {self.n_components} found, {self.n_accepted} accepted, "
                  f"{self.n_rejected} rejected",
                  *([f"  {self.fr_origin}"] if self.fr_origin else []),
-                 "  seconds per stage:"]
+                 "  per stage: seconds, peak anonymous memory (MiB), passes over the "
+                 "movie read / written:"]
         for name, sec in self.timings.items():
-            lines.append(f"    {name:<20s} {sec:8.2f}")
-        lines.append(f"    {'total':<20s} {sum(self.timings.values()):8.2f}")
+            r, w = self.passes.get(name, (0.0, 0.0))
+            peak = self.peak_memory.get(name, 0) / 1024**2
+            lines.append(f"    {name:<20s} {sec:8.2f} s {peak:8.0f} MiB {r:6.2f} r {w:5.2f} w")
+        r = sum(v[0] for v in self.passes.values())
+        w = sum(v[1] for v in self.passes.values())
+        peak = max(self.peak_memory.values(), default=0) / 1024**2
+        lines.append(f"    {'total':<20s} {sum(self.timings.values()):8.2f} s {peak:8.0f} MiB "
+                     f"{r:6.2f} r {w:5.2f} w")
         lines.append(f"  results: {self.out_path}")
         if self.memmap_files:
             lines.append("  memory-mapped movies kept: " + ", ".join(self.memmap_files))
@@ -217,7 +226,8 @@ def check_inputs(fnames, params: CNMFParams, out_path=None):
             dims = tuple(src.dims)
             n_frames += src.n_frames
             if params.preprocess["check_nan"]:
-                src.check_nan()
+                src.check_nan()      # reads every frame: a pass over the movie
+                backend.count_movie_io(read=src.n_frames * int(np.prod(src.dims)))
     need = min_frames(params)
     if n_frames < need:
         what = paths[0] if len(paths) == 1 else f"{len(paths)} files from {paths[0]}"
@@ -252,24 +262,87 @@ def check_inputs(fnames, params: CNMFParams, out_path=None):
 
 
 # ---------------------------------------------------------------------------
+# memory
+
+def minimum_chunks(params: CNMFParams, T: int, dims) -> list[tuple[str, int]]:
+    """Bytes of host memory the smallest chunk of each stage needs.
+
+    Motion correction: one frame and its working copies (FFTs, warp: 12, or
+    24 piecewise-rigid). CNMF: one block of image columns of the pixels x T
+    matrix (a column of pixels over all frames, float32 plus its staging
+    copy and products: 4 copies), and with patches one patch over all frames
+    (it is copied to memory, ``patch.in_memory``) plus its model (3 copies).
+    Evaluation: one row of the movie (a pixel over all frames).
+    """
+    frame = int(np.prod(dims)) * 4
+    d1 = int(dims[0])
+    pw = 24 if params.motion["pw_rigid"] else 12
+    out = [("motion correction", frame * pw),
+           ("CNMF fit", d1 * int(T) * 4 * 4)]
+    rf = params.patch["rf"]
+    if rf is not None:
+        rf = np.broadcast_to(np.asarray(rf), (2,))
+        side = [min(int(2 * r + 1), int(n)) for r, n in zip(rf, dims)]
+        out.append(("CNMF fit (one patch)", int(np.prod(side)) * int(T) * 4 * 3))
+    out.append(("evaluation", int(T) * 8))
+    return out
+
+
+def check_budget(params: CNMFParams, T: int, dims, device) -> None:
+    """Raise :class:`~gpu_cnmf.errors.MemoryBudgetError` naming the stage, the
+    budget and the minimum when the host budget cannot hold one chunk of some
+    stage (:func:`minimum_chunks`)."""
+    for stage, need in minimum_chunks(params, T, dims):
+        backend.require_budget(need, stage=stage, device="cpu")
+
+
+# ---------------------------------------------------------------------------
 # the pipeline
 
 class _Stages:
-    """Times the stages and prints one line per stage on stderr."""
+    """Runs the stages: times them, samples their peak anonymous memory,
+    counts their passes over the movie (reads and writes of pixels x T
+    elements, :func:`gpu_cnmf.backend.movie_io`), retries a stage with half
+    the memory budget after a device out-of-memory error
+    (:func:`gpu_cnmf.backend.run_stage`), and prints one line per stage on
+    stderr (and the ``gpu_cnmf`` log)."""
 
     def __init__(self, progress: bool, ring_cnn: bool = False):
         self.progress = progress
         self.timings: dict[str, float] = {}
-        self._n = len(_STAGES) + int(ring_cnn)
+        self.passes: dict[str, tuple] = {}
+        self.peak: dict[str, int] = {}
+        self.movie_elements = 0            # pixels x T, once known
+        self.device = None                 # set after validation: OOM retries there
+        self._n = len(_STAGES) + 2 * int(ring_cnn)
 
     def run(self, name, fn, *args, quiet_start=False, **kwargs):
+        from .memwatch import PeakMemory
+
         i = len(self.timings) + 1
-        if self.progress and not quiet_start:
+        # lines go to the log when one is set up (gpu-cnmf run does), else to stderr
+        self._print = self.progress and not _log.hasHandlers()
+        if self._print and not quiet_start:
             print(f"gpu-cnmf [{i}/{self._n}] {name} ...", file=sys.stderr, flush=True)
+        if not quiet_start:
+            _log.info("[%d/%d] %s ...", i, self._n, name)
+        io0 = backend.movie_io()
         t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
+        with PeakMemory(os.getpid(), interval=0.05) as mem:
+            if self.device is None:
+                out = fn(*args, **kwargs)
+            else:
+                out = backend.run_stage(lambda: fn(*args, **kwargs), stage=name,
+                                        device=self.device)
         self.timings[name] = time.perf_counter() - t0
-        if self.progress:
+        self.peak[name] = mem.peak
+        io1 = backend.movie_io()
+        n = max(self.movie_elements, 1)
+        self.passes[name] = ((io1["read"] - io0["read"]) / n,
+                             (io1["written"] - io0["written"]) / n)
+        _log.info("[%d/%d] %s done in %.1f s (peak %.0f MiB, %.2f passes read, %.2f written)",
+                  i, self._n, name, self.timings[name], mem.peak / 1024**2, *self.passes[name])
+        if self._print:
             print(f"gpu-cnmf [{i}/{self._n}] {name} done in {self.timings[name]:.1f} s",
                   file=sys.stderr, flush=True)
         return out
@@ -316,8 +389,8 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     progress : bool
         Print a line per stage and motion-correction progress bars on stderr.
     keep_memmap : bool
-        Keep the memory-mapped movies (motion-corrected F-order and the
-        C-order one CNMF reads) next to ``out_path``; by default they live
+        Keep the memory-mapped movie (the motion-corrected C-order one CNMF
+        reads) next to ``out_path``; by default it lives
         in a temporary folder removed at the end.
     work_dir : path, optional
         Where the temporary folder is made (default: the system's).
@@ -365,10 +438,24 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     from .summary import summary_images
 
     stages = _Stages(progress, ring_cnn)
-    # silent until it passes, so that a user error is the only line printed
-    paths, params, (T, dims) = stages.run("validate", check_inputs, fnames, params, out_path,
-                                          quiet_start=True)
+    if isinstance(params, dict):
+        params = CNMFParams(params_dict=params)
+    # the budgets every stage sizes its chunks from (backend.host_budget),
+    # validation's reads included
+    limits = contextlib.ExitStack()
+    limits.enter_context(backend.memory_limits(
+        params.patch["memory_limit"] if isinstance(params, CNMFParams) else None))
+    try:
+        # silent until it passes, so that a user error is the only line printed
+        paths, params, (T, dims) = stages.run("validate", check_inputs, fnames, params,
+                                              out_path, quiet_start=True)
+    except BaseException:
+        limits.close()
+        raise
     device = params.device()
+    stages.movie_elements = int(T) * int(np.prod(dims))
+    r, w = stages.passes["validate"]          # counted before the movie's size was known
+    stages.passes["validate"] = (r / stages.movie_elements, w / stages.movie_elements)
     out_path = os.fspath(out_path)
     if keep_memmap:
         base_dir = Path(out_path).resolve().parent
@@ -380,7 +467,6 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     n_proc = int(n_processes or params.patch["n_processes"] or 1)
     kept: list[str] = []
     mc = None
-    limits = contextlib.ExitStack()
     movie = None
     try:
         movie = open_movie(paths, **movie_selection(params))
@@ -389,33 +475,28 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
             print(f"gpu-cnmf: {fr_note}", file=sys.stderr, flush=True)
         else:
             log.info("%s", fr_note)
-        # the budgets every stage sizes its chunks from (backend.host_budget)
-        limits.enter_context(backend.memory_limits(params.patch["memory_limit"],
-                                                   params.patch["device_memory_limit"],
+        limits.enter_context(backend.memory_limits(None, params.patch["device_memory_limit"],
                                                    device))
+        check_budget(params, T, dims, device)     # before any work: a clear error
+        stages.device = device
+
         def motion():
+            # writes the pixels x T C-order memmap CNMF reads (T-blocks) and
+            # the summary images of the corrected movie, in its last pass
             motion_params = params.get_group("motion")
             motion_params.pop("var_name_hdf5", None)
             m = MotionCorrect(movie, var_name_hdf5=params.data["var_name_hdf5"],
                               base_name=str(base_dir / stem), progress=progress,
-                              **motion_params)
+                              save_order="C", summary=True, **motion_params)
             m.motion_correct(save_movie=True)
             return m
         mc = stages.run("motion correction", motion)
-
-        def memmap():
-            fname_c = mc.save_memmap_C(str(base_dir / f"{stem}_C"))
-            if not keep_memmap:
-                for f in mc.mmap_file:   # the F-order movie is not needed any more
-                    Path(f).unlink(missing_ok=True)
-            return fname_c
-        fname_c = stages.run("memmap", memmap)
+        fname_c = mc.mmap_file[-1]
+        summary = dict(mc.summary_images)
         if keep_memmap:
-            kept = [*map(str, mc.mmap_file), str(fname_c)]
+            kept = [str(fname_c)]
         run_params = params.copy()
-        run_params.change_params({"data": {"mmap_C": str(fname_c),
-                                           "mmap_F": [str(f) for f in mc.mmap_file]}
-                                  } if keep_memmap else {})
+        run_params.change_params({"data": {"mmap_C": str(fname_c)}} if keep_memmap else {})
         # Frames shifted by up to b px have b px of filled-in border, whose
         # repeated rows look like perfectly correlated "cells" to the seed
         # search: no components are started there (CaImAn's demos pass
@@ -445,12 +526,12 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
         cnm = stages.run("refit", lambda: cnm.refit(images))
         est = cnm.estimates
 
-        def evaluate():
-            est.evaluate_components(images, run_params)
-            imgs = summary_images(images, use_cuda=params.use_cuda)
-            est.Cn = imgs.pop("Cn")
-            return imgs
-        summary = stages.run("evaluation", evaluate)
+        if ring_cnn:
+            # the summary images describe the movie CNMF saw: the cleaned one
+            summary = stages.run("summary images", summary_images, images,
+                                 use_cuda=params.use_cuda)
+        est.Cn = summary.pop("Cn")
+        stages.run("evaluation", est.evaluate_components, images, run_params)
 
         est.timings = dict(getattr(est, "timings", {}) or {})
         est.timings.update({f"pipeline_{k}": v for k, v in stages.timings.items()})
@@ -477,6 +558,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                           fr_origin=fr_note,
                           n_components=int(est.nr), idx_components=good,
                           idx_components_bad=bad, timings=dict(stages.timings),
+                          passes=dict(stages.passes), peak_memory=dict(stages.peak),
                           device=backend.describe(device), fnames=list(paths),
                           memmap_files=kept, estimates=est, params=run_params)
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backend import frames_per_chunk, get_device, to_tensor
+from .backend import count_movie_io, frames_per_chunk, get_device, to_tensor
 from .errors import MovieError, ParameterError
 
 __all__ = [
@@ -98,6 +98,7 @@ def iter_movie(movie, chunk_frames: int | None = None, device="cpu",
                              f"got {chunk_frames}")
     if hasattr(movie, "iter_chunks"):
         for start, frames in movie.iter_chunks(chunk_frames):
+            count_movie_io(read=np.size(frames))
             yield int(start), _to_frames(frames, device)
         return
     for start in range(0, T, chunk_frames):
@@ -109,6 +110,8 @@ def iter_movie(movie, chunk_frames: int | None = None, device="cpu",
                       else np.moveaxis(np.asarray(frames), -1, 0))
         else:
             frames = movie[start:stop]
+        if isinstance(movie, np.memmap):
+            count_movie_io(read=np.size(frames))
         yield start, _to_frames(frames, device)
 
 

@@ -576,7 +576,7 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
                motion_jitter: float = 0.1, ring_fraction: float = 0.0,
                ring_depth: float = 0.6, spikes: str = "poisson", burst_size: float = 3.0,
                decay_spread: float = 0.0, bleach: float = 0.0, n_out_of_focus: int = 0,
-               dtype: str = "float32", adc_offset: float = 100.0):
+               dtype: str = "float32", adc_offset: float = 100.0, sink=None):
     """Simulate a calcium-imaging movie and its ground truth.
 
     Parameters
@@ -681,6 +681,11 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
         to ``vessel_depth`` (default 0.6) on their centre line. In 1p they
         shade every background component: the static texture that
         high-pass filtered (``gSig_filt``) registration relies on.
+    sink : callable, optional
+        ``sink(t0, frames)`` receives the movie block by block (float32
+        ``(n, d1, d2)``, in order) instead of one array in memory: movies
+        larger than RAM stream to a file (``benchmarks/scale.py``). The movie
+        returned is then None; the truth is the same as without a sink.
 
     ring_fraction : float
         Share of the active cells whose *activity* footprint has a dim
@@ -717,7 +722,8 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
 
     Returns
     -------
-    movie : np.ndarray (T, d1, d2) float32 (uint16 with ``dtype='uint16'``)
+    movie : np.ndarray (T, d1, d2) float32 (uint16 with ``dtype='uint16'``), or None
+        with ``sink``
     truth : GroundTruth
     """
     if kind not in _DEFAULTS:
@@ -943,7 +949,7 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     flow = np.zeros((T, 2) + dims, np.float32) if motion == "nonrigid" else None
 
     # --- render, move, add noise, chunk by chunk (torch, for its threads)
-    movie = np.empty((T,) + dims, np.float32)
+    movie = np.empty((T,) + dims, np.float32) if sink is None else None
     clean = np.empty((T,) + dims, np.float32) if keep_clean else None
     mean_F = torch.zeros(dims, dtype=torch.float64)
     tgen = torch.Generator().manual_seed(int(rng_nz.integers(2**62)))
@@ -992,7 +998,10 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
                 if keep_clean:
                     Fc = Xc.clamp(min=0)
                     nz_c = z_read + torch.poisson(Fc * gain, generator=tgen) / gain - Fc
-        movie[t0:t1] = (obs + nz).numpy()
+        if sink is None:
+            movie[t0:t1] = (obs + nz).numpy()
+        else:
+            sink(t0, (obs + nz).numpy())
         if keep_clean:
             clean[t0:t1] = (Xc + nz_c).numpy()
     mean_F = mean_F.numpy()

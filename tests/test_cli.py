@@ -254,4 +254,4 @@ def test_keep_memmap(tmp_path, capsys):
     Yr, dims, T = load_memmap(params.data["mmap_C"])
     assert dims == (48, 48) and T == 120
     assert os.path.dirname(params.data["mmap_C"]) == str(tmp_path)
-    assert "[7/7] save" in err          # a line per stage on stderr
+    assert "[6/6] save" in err          # a line per stage on stderr

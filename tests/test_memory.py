@@ -13,7 +13,7 @@ def _no_limits(monkeypatch):
     monkeypatch.delenv("GPU_CNMF_MEMORY_BUDGET", raising=False)
     yield
     backend.set_memory_limit(None)
-    backend.inject_oom("*", 0)
+    backend._INJECT.clear()
 
 
 @pytest.mark.parametrize("text, nbytes", [("4GB", 4 * 10**9), ("4 GiB", 4 * 2**30),
@@ -99,3 +99,129 @@ def test_env_injection_reaches_child_processes(monkeypatch):
     monkeypatch.setenv("GPU_CNMF_INJECT_OOM", "motion:1")
     assert backend.oom_retry(lambda c: c, 8, stage="motion") == (4, 4)
     assert backend.oom_retry(lambda c: c, 8, stage="motion") == (8, 8)
+
+
+# ---------------------------------------------------------------------------
+# the pipeline under a budget
+
+_CHILD = r"""
+import json, os, sys
+import numpy as np
+from gpu_cnmf import backend
+from gpu_cnmf.memwatch import PeakMemory
+from gpu_cnmf.params import CNMFParams
+from gpu_cnmf.pipeline import run_pipeline
+
+tiny, movie, out, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+params = {"p": 1, "nb": 1, "gSig": [3, 3], "rf": 10, "stride": 4, "K": 3,
+          "merge_thr": 0.85, "max_shifts": [4, 4], "fr": 30, "decay_time": 0.4}
+# a first run loads every module and compiles every kernel, so that what
+# the interpreter holds before the measured run is its baseline
+run_pipeline(tiny, CNMFParams(params_dict=params), out + ".warm.hdf5", progress=False)
+base = backend.anon_memory()
+limit = base + budget + 16 * 2**20        # host_budget() = budget (the 16 MiB slack)
+with PeakMemory(os.getpid(), interval=0.005) as mem:
+    res = run_pipeline(movie, CNMFParams(params_dict=dict(params, memory_limit=limit)), out,
+                       progress=False)
+est = res.estimates
+results = est.A.nnz * 12 + sum(np.asarray(getattr(est, k)).nbytes for k in
+                               ("C", "S", "YrA", "f", "b", "sn") if getattr(est, k) is not None)
+print(json.dumps({"base": base, "limit": limit, "peak": mem.peak, "results": results,
+                  "n_samples": mem.n_samples, "K": int(est.A.shape[1]),
+                  "passes": res.passes}))
+"""
+
+
+def test_pipeline_peak_memory_stays_under_budget_plus_results(tmp_path):
+    """A movie larger than the budget: peak anonymous memory <= limit + results."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from gpu_cnmf.synthetic import make_movie
+
+    movie, truth = make_movie("2p", dims=(64, 64), n_frames=1000, n_neurons=8, seed=3,
+                              motion="rigid", max_shift=2)
+    np.save(tmp_path / "movie.npy", movie)
+    np.save(tmp_path / "tiny.npy", movie[:60, :32, :32])
+    budget = 6 * 2**20                        # the movie is 15.6 MiB
+    assert movie.nbytes > 2 * budget
+    del movie
+    env = dict(os.environ)
+    env.pop("GPU_CNMF_MEMORY_BUDGET", None)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "tiny.npy"),
+                           str(tmp_path / "movie.npy"), str(tmp_path / "r.hdf5"), str(budget)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n_samples"] > 20 and out["K"] > 0
+    grown = out["peak"] - out["base"]
+    assert grown > 0
+    print(out)
+    assert out["peak"] <= out["limit"] + out["results"], out
+    # one write of the movie (motion correction writes CNMF's layout directly)
+    assert out["passes"]["motion correction"] == [1.0, 1.0] or \
+        tuple(out["passes"]["motion correction"]) == (1.0, 1.0)
+
+
+def test_budget_too_small_is_an_error_before_any_work(tmp_path):
+    from gpu_cnmf.pipeline import run_pipeline
+    from gpu_cnmf.synthetic import make_movie
+
+    movie, _ = make_movie("2p", dims=(48, 48), n_frames=200, n_neurons=3, seed=0)
+    np.save(tmp_path / "m.npy", movie)
+    params = CNMFParams(params_dict={"gSig": [3, 3], "rf": 12, "stride": 4, "K": 2,
+                                     "memory_limit": "1MB"})
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(MemoryBudgetError, match=r"memory_limit.*at least") as err:
+        run_pipeline(tmp_path / "m.npy", params, tmp_path / "r.hdf5", progress=False,
+                     work_dir=work)
+    assert "1 MB" in str(err.value) or "memory_limit 0.00 GiB" in str(err.value) \
+        or "memory_limit" in str(err.value)
+    assert list(work.iterdir()) == [] and not (tmp_path / "r.hdf5").exists()
+
+
+def test_cli_memory_limit_flag(tmp_path, capsys):
+    from gpu_cnmf.cli import main
+    from gpu_cnmf.synthetic import make_movie
+
+    movie, _ = make_movie("2p", dims=(48, 48), n_frames=200, n_neurons=3, seed=0)
+    np.save(tmp_path / "m.npy", movie)
+    rc = main(["run", str(tmp_path / "m.npy"), "--memory-limit", "2 MB", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot hold even one chunk" in err and "Traceback" not in err
+    rc = main(["run", str(tmp_path / "m.npy"), "--memory-limit", "lots", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "memory_limit" in err
+
+
+def test_stage_out_of_memory_retries_with_half_the_budget(tmp_path, monkeypatch):
+    """An injected CUDA out-of-memory in the CNMF stage: the stage runs again
+    with half the budget; past the floor the error names the stage."""
+    from gpu_cnmf.cnmf import CNMF
+    from gpu_cnmf.pipeline import run_pipeline
+    from gpu_cnmf.synthetic import make_movie
+
+    movie, _ = make_movie("2p", dims=(40, 40), n_frames=150, n_neurons=3, seed=0)
+    np.save(tmp_path / "m.npy", movie)
+    params = CNMFParams(params_dict={"gSig": [3, 3], "K": 3, "p": 1, "nb": 1,
+                                     "memory_limit": "8GB"})
+    seen = []
+    fit = CNMF.fit
+
+    def spy(self, images, *a, **k):
+        seen.append(backend.host_budget())
+        return fit(self, images, *a, **k)
+    monkeypatch.setattr(CNMF, "fit", spy)
+    backend.inject_oom("CNMF fit", 2)
+    res = run_pipeline(tmp_path / "m.npy", params, tmp_path / "r.hdf5", progress=False)
+    assert res.n_components > 0
+    # injected before the first two tries: the fit ran once, at a quarter of
+    # the budget, and the refit (no injection) at the full budget again
+    assert len(seen) == 2 and seen[0] < 0.3 * seen[1]
+    backend.inject_oom("evaluation", 10**6)
+    with pytest.raises(DeviceError, match=r"evaluation: out of device memory.*needed about"):
+        run_pipeline(tmp_path / "m.npy", params, tmp_path / "r2.hdf5", progress=False)
+    assert not (tmp_path / "r2.hdf5").exists()

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..backend import memory_budget, pinned_empty
+from ..backend import count_movie_io, memory_budget, pinned_empty
 from ..errors import MovieError
 
 # Share of the device budget the resident copy of Y may take.
@@ -119,6 +119,8 @@ class MovieMatrix:
                 raise MovieError(f"Yr: {arr.shape[0]} pixels do not match dims {dims}")
         else:
             self._src, self.layout, self.full_dims, self.T = as_pixel_matrix(images)
+        # reads of a memory-mapped movie count as passes over it (backend.movie_io)
+        self._on_disk = isinstance(self._src, np.memmap)
         d1, d2 = self.full_dims
         self.region = region if region is not None else Region(0, d1, 0, d2)
         self.dims = self.region.dims
@@ -152,6 +154,8 @@ class MovieMatrix:
         """Block of image columns j0:j1 as a host array (n_pix, T)."""
         r = self.region
         h = self.dims[0]
+        if self._on_disk:
+            count_movie_io(read=(j1 - j0) * h * self.T)
         if self.layout == "pixels":
             d1 = self.full_dims[0]
             if r.y0 == 0 and r.y1 == d1:
@@ -167,6 +171,8 @@ class MovieMatrix:
     def _host_frames(self, t0, t1):
         """Frames t0:t1 of the region, (n, h * w) in the region's C order."""
         r = self.region
+        if self._on_disk:
+            count_movie_io(read=(t1 - t0) * self.d)
         chunk = self._src[t0:t1, r.y0:r.y1, r.x0:r.x1]
         return np.ascontiguousarray(chunk).reshape(t1 - t0, -1)
 

@@ -9,8 +9,13 @@ kept), average the movie minus the background ``b f`` over them, and
 correlate that mean image with the footprint over the footprint's support.
 Noise blobs and components fitted to nothing in particular get low values.
 
-The movie is read once, in chunks; only the pixels on some footprint's
-support are touched, so the cost is ``T x nnz(A)``, not ``T x pixels x K``.
+What it reads: when the movie is the pixels x T C-order memory map (what
+the pipeline and CaImAn's ``load_memmap`` give, viewed as frames), only the
+rows of pixels on some footprint's support, each once, in blocks sized from
+the host memory budget -- at most one pass over the file, usually a
+fraction of one -- and the arithmetic touches only each component's active
+frames (``nnz(support) x ~70`` products). Any other movie (a frame-major
+array, a MovieSource) is read once in chunks of frames.
 
 Names: ``A`` footprints (pixels x K, scipy.sparse, Fortran pixel order),
 ``C`` traces (K x T), ``b``/``f`` background footprints (pixels x nb) and
@@ -22,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..backend import get_device, memory_budget, to_numpy, to_tensor
+from ..backend import count_movie_io, get_device, host_budget, memory_budget, to_numpy, to_tensor
 from ..errors import ParameterError
 from ..summary import iter_movie, movie_shape
 
@@ -135,6 +140,75 @@ def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5
     n_act = act.sum(1)
     W = act.to(torch.float32) / n_act.clamp_min(1)[:, None]        # (K, T)
 
+    Yr = _pixel_rows(images)
+    if Yr is not None:
+        M = _support_means_rows(Yr, pix, comp, to_numpy(W))
+    else:
+        M = _support_means_frames(images, pix, comp, W, device, chunk_frames)
+
+    W_h = to_numpy(W).astype(np.float64)
+    if b is not None and f is not None and np.size(b) and np.size(f):
+        b = np.asarray(b.toarray() if sp.issparse(b) else b, dtype=np.float64)
+        b = b.reshape(A.shape[0], -1)
+        f = np.asarray(f, dtype=np.float64).reshape(b.shape[1], -1)
+        fW = f @ W_h.T                                               # (nb, K)
+        M -= np.einsum("ek,ke->e", b[pix], fW[:, comp])
+    res = M
+
+    return _grouped_pearson(res, aval.astype(np.float64), comp, K,
+                            valid=to_numpy(n_act) > 0)
+
+
+def _pixel_rows(images):
+    """The (d, T) C-order matrix behind a Fortran-ordered (T, *dims) view of
+    it (a pixels x T memory map seen as frames), else None."""
+    if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
+        return None
+    if images.flags.f_contiguous and not images.flags.c_contiguous:
+        T = images.shape[0]
+        return images.reshape((T, -1), order="F").T
+    return None
+
+
+def _support_means_rows(Yr, pix, comp, W):
+    """``M[e] = sum_t Y[pix[e], t] W[comp[e], t]`` reading only the support
+    rows of the pixels x T matrix, each once, and only active frames.
+
+    Rows are read in sorted blocks sized from the host budget; within a
+    block each component multiplies its rows by its few active frames.
+    """
+    T = Yr.shape[1]
+    M = np.zeros(len(pix), dtype=np.float64)
+    if not len(pix):
+        return M
+    upix, ui = np.unique(pix, return_inverse=True)
+    per_row = T * Yr.itemsize * 2                 # the block and its float32 copy
+    rows_per_block = max(1, int(host_budget() // 2 // per_row))
+    active = [np.flatnonzero(w) for w in W]
+    order = np.argsort(ui, kind="stable")         # entries by row
+    ui_sorted = ui[order]
+    for b0 in range(0, len(upix), rows_per_block):
+        b1 = min(len(upix), b0 + rows_per_block)
+        Yb = np.asarray(Yr[upix[b0:b1]], dtype=np.float32)   # one read of these rows
+        if isinstance(Yr, np.memmap):
+            count_movie_io(read=Yb.size)
+        e0, e1 = np.searchsorted(ui_sorted, [b0, b1])
+        ents = order[e0:e1]
+        ents = ents[np.argsort(comp[ents], kind="stable")]
+        ks, starts = np.unique(comp[ents], return_index=True)
+        stops = np.append(starts[1:], len(ents))
+        for k, a, z in zip(ks, starts, stops):
+            fr = active[k]
+            if not len(fr):
+                continue
+            e = ents[a:z]
+            M[e] = Yb[np.ix_(ui[e] - b0, fr)] @ W[k, fr].astype(np.float64)
+        del Yb
+    return M
+
+
+def _support_means_frames(images, pix, comp, W, device, chunk_frames):
+    """As :func:`_support_means_rows`, reading the movie frame chunk by chunk."""
     pix_t = torch.as_tensor(pix, device=device, dtype=torch.long)
     comp_t = torch.as_tensor(comp, device=device, dtype=torch.long)
     M = torch.zeros(len(pix), dtype=torch.float64, device=device)
@@ -150,19 +224,7 @@ def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5
         for s in range(0, len(pix), block):
             p, c = pix_t[s:s + block], comp_t[s:s + block]
             M[s:s + block] += (yf[:, p] * Wc[:, c]).sum(0, dtype=torch.float64)
-    M = to_numpy(M)
-
-    W_h = to_numpy(W).astype(np.float64)
-    if b is not None and f is not None and np.size(b) and np.size(f):
-        b = np.asarray(b.toarray() if sp.issparse(b) else b, dtype=np.float64)
-        b = b.reshape(A.shape[0], -1)
-        f = np.asarray(f, dtype=np.float64).reshape(b.shape[1], -1)
-        fW = f @ W_h.T                                               # (nb, K)
-        M -= np.einsum("ek,ke->e", b[pix], fW[:, comp])
-    res = M
-
-    return _grouped_pearson(res, aval.astype(np.float64), comp, K,
-                            valid=to_numpy(n_act) > 0)
+    return to_numpy(M)
 
 
 def _grouped_pearson(x, y, group, K, valid):

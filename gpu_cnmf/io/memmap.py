@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import frames_per_chunk
+from ..backend import count_movie_io, frames_per_chunk, host_budget
 from ..errors import MovieError, ParameterError
 
 _MMAP_RE = re.compile(
@@ -223,6 +223,15 @@ class MemmapWriter:
         Storage order of ``Yr`` (see the module docstring).
     dtype
         Element type (float32 for CaImAn compatibility).
+    buffer_frames : int, 'auto' or None
+        Order C only: collect up to this many consecutive frames in RAM and
+        write them as one block of time (a T-block). A C-order file holds
+        each pixel's trace contiguously, so a write of n frames touches every
+        pixel row for n values: small chunks (a motion-correction batch of
+        16 frames is 64 bytes per row) dirty every page of the file many
+        times over; a T-block of ~1,000 frames writes whole pages.
+        ``'auto'`` sizes it from half the host memory budget
+        (:func:`gpu_cnmf.backend.host_budget`).
 
     Notes
     -----
@@ -240,7 +249,7 @@ class MemmapWriter:
     """
 
     def __init__(self, base_name: str | os.PathLike, dims: Sequence[int], n_frames: int,
-                 order: str = "C", dtype=np.float32):
+                 order: str = "C", dtype=np.float32, buffer_frames=None):
         self.dims = _check_dims(dims)
         self.order = _check_order(order)
         self.n_frames = int(n_frames)
@@ -259,6 +268,14 @@ class MemmapWriter:
             raise MovieError(f"{self.path}: cannot create the memmap file: {err}") from err
         self._written = np.zeros(self.n_frames, bool)
         self.closed = False
+        if buffer_frames == "auto":
+            buffer_frames = frames_per_chunk(self.dims, itemsize=self.dtype.itemsize, copies=1,
+                                             budget=host_budget() // 2,
+                                             max_frames=self.n_frames)
+        self._buf_frames = int(buffer_frames or 0) if self.order == "C" else 0
+        self._buf = None          # (buffer_frames, *dims), allocated on first use
+        self._buf_start = 0       # frame of the file where the buffer starts
+        self._buf_n = 0           # frames in the buffer
 
     @property
     def Yr(self) -> np.memmap:
@@ -280,11 +297,38 @@ class MemmapWriter:
                                  f"for {self.path}, got {frames.shape}")
         n = frames.shape[0]
         start = int(start)
+        count_movie_io(written=frames.size)
         if not 0 <= start <= start + n <= self.n_frames:
             raise ParameterError(f"start: frames {start}:{start + n} do not fit in the "
                                  f"{self.n_frames} frames of {self.path}")
-        write_frames(self._Yr, start, frames, self.order)
+        if self._buf_frames > 1:
+            self._buffered(start, frames)
+        else:
+            write_frames(self._Yr, start, frames, self.order)
         self._written[start:start + n] = True
+
+    def _buffered(self, start, frames):
+        """Append to the T-block buffer; write it out when full or when the
+        next frames do not follow on."""
+        while frames.shape[0]:
+            if self._buf_n and start != self._buf_start + self._buf_n:
+                self.flush()
+            if self._buf is None:
+                self._buf = np.empty((self._buf_frames,) + self.dims, self.dtype)
+            if not self._buf_n:
+                self._buf_start = start
+            k = min(frames.shape[0], self._buf_frames - self._buf_n)
+            self._buf[self._buf_n:self._buf_n + k] = frames[:k]
+            self._buf_n += k
+            start, frames = start + k, frames[k:]
+            if self._buf_n == self._buf_frames:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered T-block (if any) to the file."""
+        if self._buf_n:
+            write_frames(self._Yr, self._buf_start, self._buf[:self._buf_n], self.order)
+            self._buf_n = 0
 
     def close(self) -> str:
         """Flush, check that every frame was written, rename; returns the path."""
@@ -297,6 +341,8 @@ class MemmapWriter:
                              f"{self.n_frames} frames were written (first missing: "
                              f"{int(missing[0])}); the partial file was removed")
         try:
+            self.flush()
+            self._buf = None
             self._Yr.flush()
             self._Yr = None
             os.replace(self._tmp, self.path)
@@ -309,6 +355,7 @@ class MemmapWriter:
     def abort(self) -> None:
         """Drop the partial file."""
         self._Yr = None
+        self._buf = None
         self.closed = True
         self._remove_tmp()
 

@@ -84,7 +84,7 @@ class MotionCorrect:
                  nonneg_movie=True, gSig_filt=None, use_cuda=False, border_nan=True,
                  pw_rigid=False, num_frames_split=80, var_name_hdf5="mov", is3D=False,
                  indices=(slice(None), slice(None)), base_name=None, chunk_frames=None,
-                 progress=True, plane=None, channel=None):
+                 progress=True, plane=None, channel=None, save_order="F", summary=False):
         self.fname = fname if isinstance(fname, (list, tuple, np.ndarray)) else [fname]
         self.source = open_movie(fname, var_name_hdf5=var_name_hdf5, plane=plane,
                                  channel=channel)
@@ -130,6 +130,12 @@ class MotionCorrect:
         self.base_name = base_name
         self.chunk_frames = chunk_frames
         self.progress = progress
+        if save_order not in ("C", "F"):
+            raise ParameterError(f"save_order: expected 'C' or 'F', got {save_order!r}")
+        self.save_order = save_order
+        self.summary = bool(summary)
+        self.summary_images = None
+        self._moments = None
         self.mmap_file = []
         self.shifts_rig = None
         self.templates_rig, self.templates_els = [], []
@@ -154,7 +160,8 @@ class MotionCorrect:
     def _compute_min_mov(self):
         T = self.source.n_frames
         idx = np.unique(np.linspace(0, T - 1, min(T, 400)).astype(int))
-        return float(np.nanmin(np.stack([self.source.read(i, i + 1)[0] for i in idx])))
+        # frame by frame: 400 frames stacked would be 400 MB at 512 x 512
+        return float(min(np.nanmin(self.source.read(i, i + 1)) for i in idx))
 
     def _reader(self, ranges, chunk):
         """Yield (start, host array) over ``ranges`` with one read ahead."""
@@ -165,6 +172,7 @@ class MotionCorrect:
             fut = ex.submit(self.source.read, *jobs[0])
             for i, (s, e) in enumerate(jobs):
                 arr = fut.result()
+                backend.count_movie_io(read=np.size(arr))
                 if i + 1 < len(jobs):
                     fut = ex.submit(self.source.read, *jobs[i + 1])
                 yield s, arr
@@ -296,10 +304,9 @@ class MotionCorrect:
         cnts = torch.zeros((len(ranges),) + self.dims, device=self.device)
         rig_out, ps_out = [], []
         state = {}
-        bar = None
-        if self.progress and n_tot >= 2000:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n_tot, desc=desc, unit="frame")
+        from ..progress import progress
+        bar = progress(total=n_tot, desc=desc, unit="frame",
+                       disable=None if self.progress else True)
         ends = np.array([b for a, b in ranges])
         # Writes go to a background thread (one in flight), so disk I/O
         # overlaps the next chunk's compute; reads are prefetched likewise.
@@ -324,6 +331,9 @@ class MotionCorrect:
                         sel = np.nonzero(which == k)[0]
                         sums[k] += y[int(sel[0]):int(sel[-1]) + 1].sum(0)
                         cnts[k] += float(len(sel))
+                if self._moments is not None and writer is not None:
+                    # summary images of the written movie, on this pass
+                    self._moments.update(torch.nan_to_num(y) if self.border_nan is True else y)
                 rig_out.append((start, rig))
                 if ps is not None:
                     ps_out.append((start, ps))
@@ -336,15 +346,13 @@ class MotionCorrect:
                     if wfut is not None:
                         wfut.result()
                     wfut = wex.submit(self._emit, (start, host, ev), writer, keep)
-                if bar is not None:
-                    bar.update(x.shape[0])
+                bar.update(x.shape[0])
             if wfut is not None:
                 wfut.result()
         finally:
             if wex is not None:
                 wex.shutdown(wait=True)
-        if bar is not None:
-            bar.close()
+        bar.close()
         means = sums / cnts.clamp(min=1)
         means = torch.where(cnts > 0, means, torch.full_like(means, float("nan")))
         return rig_out, ps_out, means
@@ -385,7 +393,10 @@ class MotionCorrect:
         registration's spectra: no extra forward FFT).
         """
         T = self.source.n_frames
-        idx = np.unique(np.linspace(0, T - 1, min(T, _INIT_FRAMES)).astype(int))
+        # the sampled frames, registered all at once (spectra, warps: ~14
+        # frame-sized buffers each), within the memory budget
+        n_fit = backend.frames_per_chunk(self.dims, copies=14, device=self.device)
+        idx = np.unique(np.linspace(0, T - 1, max(2, min(T, _INIT_FRAMES, n_fit))).astype(int))
         x = self._to_device(np.stack([self.source.read(i, i + 1)[0] for i in idx]), {})
         templ = torch.median(x, dim=0).values
         full = self._crop_dims() == self.dims
@@ -461,8 +472,13 @@ class MotionCorrect:
     def motion_correct(self, template=None, save_movie=False, out=None):
         """Estimate (and with ``save_movie`` write) the corrected movie.
 
-        Writes one F-order memmap per call (``mmap_file``), like CaImAn's
-        ``mmap_F``. ``out``, an array ``(T, *dims)`` float32 (e.g. host RAM),
+        Writes one memmap per call (``mmap_file``): F-order like CaImAn's
+        ``mmap_F`` by default; with ``save_order='C'`` the pixels x T C-order
+        file CNMF reads (``Yr_d1_.._order_C_..``), written in T-blocks sized
+        from the host budget, so no separate transposition pass is needed.
+        With ``summary=True`` the mean, max, std and local-correlation
+        images of the written movie are accumulated on that same pass
+        (``summary_images``). ``out``, an array ``(T, *dims)`` float32 (e.g. host RAM),
         receives the corrected frames of the last pass in addition.
         Returns self.
         """
@@ -491,17 +507,31 @@ class MotionCorrect:
         """One registration pass; with a ``suffix`` the corrected movie streams
         to an F-order memmap (removed if the pass fails). Returns the rigid
         and patch shifts and the next template."""
-        writer = (MemmapWriter(self._base(suffix), self.dims, self.source.n_frames, order="F")
-                  if suffix else None)
+        writer = None
+        if suffix:
+            # order C: the pixels x T file CNMF reads, written in T-blocks
+            writer = MemmapWriter(self._base(suffix), self.dims, self.source.n_frames,
+                                  order=self.save_order,
+                                  buffer_frames="auto" if self.save_order == "C" else None)
+            if self.summary:
+                from ..summary import PixelMoments, neighbour_offsets
+                self._moments = PixelMoments(dims=self.dims, device=self.device,
+                                             offsets=neighbour_offsets(self.ndim))
         try:
             rig, ps, means = self._pass(templ.cpu().numpy(), piecewise_rigid, use, writer,
                                         keep=keep, desc=desc)
         except BaseException:
             if writer is not None:
                 writer.abort()
+            self._moments = None
             raise
         if writer is not None:
             self.mmap_file = [writer.close()]
+        if self._moments is not None:
+            m, self._moments = self._moments, None
+            host = lambda t: t.to(torch.float32).cpu().numpy()  # noqa: E731
+            self.summary_images = {"mean": host(m.mean()), "max": host(m.mx),
+                                   "std": host(m.var().sqrt()), "Cn": host(m.correlation_image())}
         return rig, ps, combine_templates(means)
 
     def motion_correct_rigid(self, template=None, save_movie=False, out=None):
@@ -631,7 +661,9 @@ class MotionCorrect:
         reads (``Yr_d1_.._order_C_..``); returns its path."""
         if not self.mmap_file:
             raise ParameterError("save_memmap_C: run motion_correct(save_movie=True) first")
-        from ..io import save_memmap
+        from ..io import parse_mmap_name, save_memmap
+        if parse_mmap_name(self.mmap_file[-1])["order"] == "C":
+            return self.mmap_file[-1]      # already written in CNMF's layout
         src = open_movie(self.mmap_file[-1])
         return save_memmap(src, base_name or self._base("C"), order="C")
 
