@@ -147,8 +147,7 @@ def _configure_logging(quiet: bool, log_file=None) -> list:
     """Send the ``gpu_cnmf`` logger's lines (progress every 10 %, stage notes)
     to stderr, and to ``log_file``, so a batch job's log shows where it is.
 
-    Only when the application has not configured logging itself. Returns
-    the handlers added (removed again when the run ends).
+    Returns the handlers added (removed again when the run ends).
     """
     import logging
 
@@ -157,7 +156,7 @@ def _configure_logging(quiet: bool, log_file=None) -> list:
     log = logging.getLogger("gpu_cnmf")
     fmt = logging.Formatter("%(asctime)s gpu-cnmf %(levelname)s %(message)s", "%H:%M:%S")
     handlers = []
-    if not quiet and not logging.getLogger().handlers and not log.handlers:
+    if not quiet:
         handlers.append(logging.StreamHandler(sys.stderr))
     if log_file is not None:
         try:
@@ -170,6 +169,7 @@ def _configure_logging(quiet: bool, log_file=None) -> list:
         log.addHandler(h)
     if handlers:
         log.setLevel(logging.INFO)
+        log.propagate = False      # the command line's own lines, not twice
     return handlers
 
 
@@ -180,6 +180,9 @@ def _remove_handlers(handlers) -> None:
     for h in handlers:
         log.removeHandler(h)
         h.close()
+    if handlers:
+        log.propagate = True
+        log.setLevel(logging.NOTSET)
 
 
 def _run(args) -> int:

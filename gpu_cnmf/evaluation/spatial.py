@@ -187,7 +187,9 @@ def _support_means_rows(Yr, pix, comp, W):
     active = [np.flatnonzero(w) for w in W]
     order = np.argsort(ui, kind="stable")         # entries by row
     ui_sorted = ui[order]
-    for b0 in range(0, len(upix), rows_per_block):
+    from ..progress import progress
+    for b0 in progress(range(0, len(upix), rows_per_block), desc="evaluation: support rows",
+                       unit="block", total=-(-len(upix) // rows_per_block)):
         b1 = min(len(upix), b0 + rows_per_block)
         Yb = np.asarray(Yr[upix[b0:b1]], dtype=np.float32)   # one read of these rows
         if isinstance(Yr, np.memmap):
@@ -213,7 +215,11 @@ def _support_means_frames(images, pix, comp, W, device, chunk_frames):
     comp_t = torch.as_tensor(comp, device=device, dtype=torch.long)
     M = torch.zeros(len(pix), dtype=torch.float64, device=device)
     budget_elems = max(1 << 16, memory_budget(device) // 16)
+    from ..progress import progress
+    T = movie_shape(images)[0]
+    bar = progress(total=T, desc="evaluation: frames", unit="frame")
     for start, y in iter_movie(images, chunk_frames, device, copies=3):
+        bar.update(y.shape[0])
         yf = flatten_frames(y)                                     # (n, P)
         Wc = W[:, start:start + y.shape[0]].T                       # (n, K)
         used = Wc.sum(1) > 0                                       # frames anyone needs
@@ -224,6 +230,7 @@ def _support_means_frames(images, pix, comp, W, device, chunk_frames):
         for s in range(0, len(pix), block):
             p, c = pix_t[s:s + block], comp_t[s:s + block]
             M[s:s + block] += (yf[:, p] * Wc[:, c]).sum(0, dtype=torch.float64)
+    bar.close()
     return to_numpy(M)
 
 

@@ -430,8 +430,11 @@ def save_memmap(movie_or_source, base_name: str | os.PathLike = "Yr", order: str
             chunk_frames = frames_per_chunk(source.dims, itemsize=4, copies=4,
                                             max_frames=source.n_frames)
         border_to_0 = int(border_to_0)
+        from ..progress import progress
+        bar = progress(total=source.n_frames, desc="memmap", unit="frame")
         with MemmapWriter(base, source.dims, source.n_frames, order, dtype) as writer:
             for t0, frames in source.iter_chunks(chunk_frames):
+                bar.update(frames.shape[0])
                 frames = frames.astype(dtype, copy=False)
                 if add_to_movie:
                     frames += add_to_movie
@@ -442,6 +445,7 @@ def save_memmap(movie_or_source, base_name: str | os.PathLike = "Yr", order: str
                     frames[:, :, :b] = 0
                     frames[:, :, -b:] = 0
                 writer.write(t0, frames)
+        bar.close()
         return writer.path
     finally:
         if own:
