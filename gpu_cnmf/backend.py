@@ -149,8 +149,12 @@ def _cgroup_room() -> int | None:
 # the stages plan with the rest, less a small allowance for libraries loaded
 # later and allocator slack:
 #
-#     host_budget() = L - baseline - slack,
-#     slack = (L - baseline) / 4 clipped to [16 MiB, 64 MiB]
+#     host_budget() = L - baseline - slack
+#
+# The slack (64 MiB; ``GPU_CNMF_MEMORY_SLACK`` bytes) is what libraries take
+# at run time after the limit is set and no stage plans for: numba's JIT
+# compiler, FFT plans, thread pools and allocator arenas. A test that warms
+# those up first measures a tighter baseline and sets it smaller.
 #
 # Without a limit the host budget is DEFAULT_MEMORY_FRACTION of the free
 # memory (cgroup-aware), capped at _HOST_BUDGET_CAP; the device budget is
@@ -163,7 +167,6 @@ _UNITS = {"": 1, "b": 1,
           "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 _HOST_SLACK = 64 * 1024**2
-_HOST_SLACK_MIN = 16 * 1024**2
 _LIMITS: dict[str, int] = {}        # "cpu" / "cuda:0" -> bytes the user allows
 _SCALE: dict[str, float] = {}       # budget shrink after out-of-memory retries
 _BASELINE: dict[str, int] = {}      # "cpu" -> anonymous bytes held when the limit was set
@@ -284,6 +287,11 @@ def memory_limits(host=None, device_limit=None, device=None):
                     table[k] = v
 
 
+def _slack() -> int:
+    env = os.environ.get("GPU_CNMF_MEMORY_SLACK")
+    return parse_bytes(env, "GPU_CNMF_MEMORY_SLACK") if env else _HOST_SLACK
+
+
 def _env_budget() -> int | None:
     env = os.environ.get("GPU_CNMF_MEMORY_BUDGET")
     if env:
@@ -305,8 +313,7 @@ def host_budget() -> int:
 def _host_budget() -> int:
     limit = _LIMITS.get("cpu")
     if limit is not None:
-        room = limit - _BASELINE.get("cpu", 0)
-        return max(1, room - min(_HOST_SLACK, max(_HOST_SLACK_MIN, room // 4)))
+        return max(1, limit - _BASELINE.get("cpu", 0) - _slack())
     env = _env_budget()
     if env is not None:
         return env

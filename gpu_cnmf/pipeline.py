@@ -271,7 +271,8 @@ def minimum_chunks(params: CNMFParams, T: int, dims) -> list[tuple[str, int]]:
     24 piecewise-rigid). CNMF: one block of image columns of the pixels x T
     matrix (a column of pixels over all frames, float32 plus its staging
     copy and products: 4 copies), and with patches one patch over all frames
-    (it is copied to memory, ``patch.in_memory``) plus its model (3 copies).
+    (it is copied to memory, ``patch.in_memory``, and initialisation works on
+    a residual and filtered copies of it: 6 copies in all).
     Evaluation: one row of the movie (a pixel over all frames).
     """
     frame = int(np.prod(dims)) * 4
@@ -283,7 +284,7 @@ def minimum_chunks(params: CNMFParams, T: int, dims) -> list[tuple[str, int]]:
     if rf is not None:
         rf = np.broadcast_to(np.asarray(rf), (2,))
         side = [min(int(2 * r + 1), int(n)) for r, n in zip(rf, dims)]
-        out.append(("CNMF fit (one patch)", int(np.prod(side)) * int(T) * 4 * 3))
+        out.append(("CNMF fit (one patch)", int(np.prod(side)) * int(T) * 4 * 6))
     out.append(("evaluation", int(T) * 8))
     return out
 
