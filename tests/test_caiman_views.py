@@ -80,6 +80,22 @@ def test_local_correlations_match_definition(eight):
     assert np.abs(got - ref).max() < 1e-5
 
 
+def test_movie_local_correlations_defaults_and_chunks():
+    """cm.movie's method: CaImAn's defaults (4 neighbours, time first) and
+    the pixel-wise maximum over chunks of frames_per_chunk frames."""
+    from gpu_cnmf.caiman import movie
+    Y = correlated_movie()
+    T = Y.shape[0]
+    m = movie(Y, fr=30.0)
+    assert np.abs(m.local_correlations(frames_per_chunk=T) - cn_definition(Y, False)).max() < 1e-5
+    halves = np.array_split(np.arange(T), 2)
+    ref = np.maximum(cn_definition(Y[halves[0]], False), cn_definition(Y[halves[1]], False))
+    got = m.local_correlations(frames_per_chunk=T // 2)
+    assert np.abs(got - ref).max() < 1e-5
+    with pytest.raises(ValueError, match="frames_per_chunk"):
+        m.local_correlations(frames_per_chunk=0)
+
+
 @pytest.mark.parametrize("order_mean", [2, 0])
 def test_local_correlations_order_mean(order_mean):
     rng = np.random.default_rng(1)

@@ -140,16 +140,29 @@ class movie(np.ndarray):
         """Median over time of the means of bins of ``window`` frames (an image)."""
         return np.asarray(movie_ops.bin_median(np.asarray(self), window))
 
-    def local_correlations(self, eight_neighbours=True, swap_dim=False, frames_per_chunk=1500,
+    def local_correlations(self, eight_neighbours=False, swap_dim=False, frames_per_chunk=1500,
                            do_plot=False, order_mean=1):
         """Correlation image: each pixel's mean correlation with its
-        neighbours (8 or 4). ``swap_dim`` as in CaImAn (time last when True)."""
+        neighbours (8 or 4), with CaImAn's defaults. A movie of at least two
+        ``frames_per_chunk`` is cut into ``T // frames_per_chunk`` near-equal
+        chunks and the pixel-wise maximum of their images is returned, as
+        CaImAn takes the maximum over chunks. ``swap_dim`` as in CaImAn (time last when True)."""
         if do_plot:
             raise NotImplementedError("movie.local_correlations(do_plot=True): nearest: plot "
                                       "the returned image with matplotlib's imshow")
         from ..summary_images import local_correlations
-        return local_correlations(np.asarray(self), eight_neighbours=eight_neighbours,
-                                  swap_dim=swap_dim, order_mean=order_mean)
+        Y = np.asarray(self)
+        t_axis = Y.ndim - 1 if swap_dim else 0
+        T = Y.shape[t_axis]
+        if frames_per_chunk is None or int(frames_per_chunk) < 1:
+            raise ParameterError(f"frames_per_chunk: expected a positive int, got {frames_per_chunk!r}")
+        n_chunks = max(1, T // int(frames_per_chunk))
+        Cn = None
+        for idx in np.array_split(np.arange(T), n_chunks):
+            img = local_correlations(np.take(Y, idx, axis=t_axis), eight_neighbours=eight_neighbours,
+                                     swap_dim=swap_dim, order_mean=order_mean)
+            Cn = img if Cn is None else np.maximum(Cn, img)
+        return Cn
 
     def save(self, file_name, to32=True, order="F", imagej=False, bigtiff=True, compress=0,
              var_name_hdf5="mov", **kwargs):
