@@ -197,3 +197,16 @@ def test_patches_in_parallel_processes_match_sequential(movie):
     par = CNMF(2, params=p).fit(mov).estimates
     assert par.A.shape == seq.A.shape
     np.testing.assert_allclose(par.C, seq.C, rtol=1e-3, atol=1e-3 * seq.C.max())
+
+
+def test_compress_background_rank_above_the_patches():
+    """One patch with nb_patch=1 and nb=2: the product has rank 1, so one
+    component comes back and it reproduces the patch background."""
+    from gpu_cnmf.cnmf.background import compress_background
+    g = torch.Generator().manual_seed(0)
+    B = torch.rand((300, 1), generator=g)
+    Fb = 1.0 + torch.rand((1, 200), generator=g)
+    b, f = compress_background(B, Fb, nb=2)
+    assert b.shape == (300, 1) and f.shape == (1, 200)
+    rel = torch.linalg.norm(b @ f - B @ Fb) / torch.linalg.norm(B @ Fb)
+    assert rel < 1e-3

@@ -79,11 +79,15 @@ def compress_background(B, Fb, nb, n_iter=30):
 
     Returns
     -------
-    b (d, nb), f (nb, T)
+    b (d, k), f (k, T)
+        ``k = min(nb, m)``: the product has rank at most ``m`` (one patch
+        with ``nb_patch < nb`` gives fewer), and components beyond its rank
+        would only split one background in two.
     """
     if nb <= 0 or B.shape[1] == 0:
         return (torch.zeros((B.shape[0], max(nb, 0)), device=B.device),
                 torch.zeros((max(nb, 0), Fb.shape[1]), device=B.device))
+    nb = min(int(nb), B.shape[1], Fb.shape[0])
     # start from the leading singular pairs of the product via two QRs
     Qb, Rb = torch.linalg.qr(B)
     Qf, Rf = torch.linalg.qr(Fb.T)
