@@ -302,6 +302,21 @@ def footprint_values(y, x, center, sigmas, angle, order: int) -> np.ndarray:
     return _bump(q, order)
 
 
+def _fov_column(y0, x0, P, pad, dims, k):
+    """Footprint ``P`` (drawn at ``y0, x0`` on the padded canvas) scaled to a
+    maximum of exactly 1 over the field of view, and its in-view pixels as
+    column ``k`` of A (Fortran pixel order): ``(P, rows, cols, vals)``."""
+    iy = np.arange(y0, y0 + P.shape[0]) - pad
+    ix = np.arange(x0, x0 + P.shape[1]) - pad
+    my = (iy >= 0) & (iy < dims[0])
+    mx = (ix >= 0) & (ix < dims[1])
+    sub = P[np.ix_(my, mx)]
+    peak = sub.max()
+    ii, jj = np.nonzero(sub)
+    return ((P / peak).astype(np.float32), iy[my][ii] + ix[mx][jj] * dims[0],
+            np.full(len(ii), k), sub[ii, jj] / peak)
+
+
 def _nucleus_factor(y0, x0, shape, center, sigma, angle, pad, depth) -> np.ndarray:
     """``1 - depth * n(y)`` on a patch at canvas (y0, x0): ``n`` a Gaussian
     nucleus half the cell's size at its centre (smooth, so Fourier shifts
@@ -818,20 +833,12 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
     # (drawn after the footprints so that ring_fraction=0 movies are unchanged)
     ring = np.zeros(K, bool)
     for k, (y0, x0, P) in enumerate(_render_footprints(centers, sigmas, angles, order, pad)):
+        P, rows, cols, vals = _fov_column(y0, x0, P, pad, dims, k)
         solid.append((y0, x0, P))
-        # Normalise each footprint's max over the field of view to exactly 1.
-        iy = np.arange(y0, y0 + P.shape[0]) - pad
-        ix = np.arange(x0, x0 + P.shape[1]) - pad
-        my = (iy >= 0) & (iy < dims[0])
-        mx = (ix >= 0) & (ix < dims[1])
-        sub = P[np.ix_(my, mx)]
-        P = P / sub.max()
-        solid[-1] = (y0, x0, P.astype(np.float32))
-        patches.append((y0, x0, P.astype(np.float32)))
-        ii, jj = np.nonzero(sub)
-        a_rows.append(iy[my][ii] + ix[mx][jj] * dims[0])
-        a_cols.append(np.full(len(ii), k))
-        a_vals.append(sub[ii, jj] / sub.max())
+        patches.append((y0, x0, P))
+        a_rows.append(rows)
+        a_cols.append(cols)
+        a_vals.append(vals)
     if ring_fraction > 0 and K:
         # Ring cells: the nucleus dims the activity footprint too (the peak
         # moves to the cytoplasm, renormalised to 1 over the field of view).
@@ -841,16 +848,8 @@ def make_movie(kind: str = "2p", dims=None, n_frames: int = 1000, n_neurons: int
             y0, x0, P = patches[k]
             Q = P * _nucleus_factor(y0, x0, P.shape, centers[k], sigmas[k], angles[k], pad,
                                     ring_depth)
-            iy = np.arange(y0, y0 + Q.shape[0]) - pad
-            ix = np.arange(x0, x0 + Q.shape[1]) - pad
-            my = (iy >= 0) & (iy < dims[0])
-            mx = (ix >= 0) & (ix < dims[1])
-            sub = Q[np.ix_(my, mx)]
-            Q = Q / sub.max()
-            patches[k] = (y0, x0, Q.astype(np.float32))
-            ii, jj = np.nonzero(sub)
-            a_rows[k] = iy[my][ii] + ix[mx][jj] * dims[0]
-            a_vals[k] = sub[ii, jj] / sub.max()
+            Q, a_rows[k], a_cols[k], a_vals[k] = _fov_column(y0, x0, Q, pad, dims, k)
+            patches[k] = (y0, x0, Q)
     if K:
         A = sp.csc_matrix((np.concatenate(a_vals), (np.concatenate(a_rows),
                            np.concatenate(a_cols))), shape=(dims[0] * dims[1], K))

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import MovieError
 from .results import require_extra
-from .source import MovieSource
+from .formats import HDF5Source
 
 _IMAGING = ("TwoPhotonSeries", "OnePhotonSeries")
 
@@ -53,7 +53,7 @@ def _rate(series, path: str):
     return None
 
 
-class NWBSource(MovieSource):
+class NWBSource(HDF5Source):
     """The frames of one imaging series of an NWB file.
 
     Parameters
@@ -63,9 +63,10 @@ class NWBSource(MovieSource):
     series : str, optional
         Name of the series (e.g. ``"TwoPhotonSeries"``); None picks the only
         TwoPhotonSeries/OnePhotonSeries (or the only image series) there is.
-    """
 
-    _handle_attrs = ("_file",)
+    Frames are read by :class:`HDF5Source` from the series' dataset; only
+    finding the series needs pynwb.
+    """
 
     def __init__(self, path: str, series: str | None = None):
         pynwb = require_extra("pynwb", "formats", "reading NWB movies")
@@ -86,7 +87,7 @@ class NWBSource(MovieSource):
             if not hasattr(data, "name") or not hasattr(data, "shape"):
                 raise MovieError(f"{path}: series {chosen.name!r} stores no frames in the file "
                                  "(external_file or empty data); expected an HDF5 dataset")
-            self._dataset = data.name
+            self.var_name = data.name   # HDF5Source reads this dataset lazily
             self.series = chosen.name
             self._setup(data.shape, data.dtype, f"{path}:{chosen.name}")
             self._meta = {"format": "nwb", "series": chosen.name,
@@ -112,18 +113,6 @@ class NWBSource(MovieSource):
             raise MovieError(f"{self.path}: {what}; name the series to read with nwb_series "
                              f"(data.nwb_series); the file holds: {_describe(found)}")
         return next(iter(pool.values()))
-
-    def _handle(self):
-        if self._file is None:
-            import h5py
-            try:
-                self._file = h5py.File(self.path, "r")
-            except OSError as err:
-                raise MovieError(f"{self.path}: cannot read as HDF5: {err}") from err
-        return self._file
-
-    def _read(self, start: int, stop: int) -> np.ndarray:
-        return self._handle()[self._dataset][start:stop]
 
 
 __all__ = ["NWBSource"]

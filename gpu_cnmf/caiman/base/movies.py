@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from .._unsupported import add_unsupported
 from ...errors import ParameterError
 from ...io import load_movie
 from ... import movie_ops
@@ -45,14 +46,6 @@ _NOT_HERE = {
     "local_correlations_movie": "gpu_cnmf.caiman.summary_images.local_correlations_movie_offline",
     "play_3D": "movie.play() on one plane (m[:, :, :, z])",
 }
-
-
-def _not_here(name):
-    def method(self, *args, **kwargs):
-        raise NotImplementedError(f"movie.{name} is not available in gpu_cnmf; "
-                                  f"nearest: {_NOT_HERE[name]}")
-    method.__name__ = name
-    return method
 
 
 class movie(np.ndarray):
@@ -256,8 +249,7 @@ class movie(np.ndarray):
         return self._like(np.array(self, order=order, copy=True))
 
 
-for _name in _NOT_HERE:
-    setattr(movie, _name, _not_here(_name))
+add_unsupported(movie, _NOT_HERE)
 
 
 def _has_display():

@@ -14,6 +14,7 @@ import numpy as np
 
 from ....cnmf import CNMF as _CoreCNMF
 from ....cnmf import load_CNMF as _core_load_CNMF
+from ..._unsupported import add_unsupported
 from ....errors import ParameterError
 from ....params import CNMFParams
 
@@ -32,14 +33,6 @@ _NOT_HERE = {
     "initialize": "CNMF.fit(images) with params.patch['only_init']=True",
     "compute_residuals": "CNMF.estimates.compute_residuals(Yr)",
 }
-
-
-def _not_here(name):
-    def method(self, *args, **kwargs):
-        raise NotImplementedError(f"CNMF.{name} is not available in gpu_cnmf; "
-                                  f"nearest: {_NOT_HERE[name]}")
-    method.__name__ = name
-    return method
 
 
 class CNMF(_CoreCNMF):
@@ -196,8 +189,7 @@ class CNMF(_CoreCNMF):
         return self
 
 
-for _name in _NOT_HERE:
-    setattr(CNMF, _name, _not_here(_name))
+add_unsupported(CNMF, _NOT_HERE)
 
 
 def _plain(images):
