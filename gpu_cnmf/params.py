@@ -381,7 +381,8 @@ GROUPS = {
 
 # Parameters gpu_cnmf adds to CaImAn's (group, name): not in CaImAn's table,
 # ignored by CaImAn if a JSON file with them is read there.
-EXTENSIONS = {("patch", "memory_limit"), ("patch", "device_memory_limit")}
+EXTENSIONS = {("patch", "memory_limit"), ("patch", "device_memory_limit"),
+              ("data", "plane"), ("data", "channel"), ("data", "nwb_series")}
 
 # Flat name -> groups holding it (several for the shared parameters).
 _OWNERS: dict[str, list[str]] = {}
