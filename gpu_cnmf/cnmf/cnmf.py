@@ -33,6 +33,7 @@ import torch
 
 from ..backend import get_device, memory_budget
 from ..errors import ParameterError
+from . import footprints as fp
 from .config import fit_config
 from .engine import Model, fit_fov
 from .estimates import Estimates
@@ -233,11 +234,11 @@ class CNMF:
             if all(x is not None for x in (est.W, est.b0, est.C, est.sn)) and \
                     3 * 4 * d * T > memory_budget(device):
                 t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
-                A = t(sp.csc_matrix(est.A).toarray())
+                A = fp.from_scipy(est.A, device)
                 ring = RingModel.from_sparse(est.W, est.dims, grid_factor(est.W.shape, est.dims),
                                              est.b0, device)
-                model = Model(A=A, C=t(est.C), b=A.new_zeros((A.shape[0], 0)),
-                              f=A.new_zeros((0, est.C.shape[1])), sn=t(est.sn))
+                model = Model(A=A, C=t(est.C), b=torch.zeros((A.shape[0], 0), device=device),
+                              f=torch.zeros((0, est.C.shape[1]), device=device), sn=t(est.sn))
                 start = (model, ring)
             else:
                 Ain = est.A   # start from the fitted footprints
@@ -265,7 +266,7 @@ class CNMF:
         est = self.estimates
         if getattr(self, "_refit_from", False) and est.A is not None:
             t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
-            A = t(sp.csc_matrix(est.A).toarray())
+            A = fp.from_scipy(est.A, device)
             b = t(est.b if est.b is not None else np.zeros((mm.d, 0)))
             f = t(est.f if est.f is not None else np.zeros((0, mm.T)))
             sn = t(est.sn) if est.sn is not None else None
@@ -303,8 +304,7 @@ class CNMF:
         """
         n = lambda x: None if x is None else x.detach().cpu().numpy()  # noqa: E731
         est = Estimates(dims=dims)
-        est.A = sp.csc_matrix(n(model.A).astype(np.float32))
-        est.A.eliminate_zeros()
+        est.A = fp.to_scipy(model.A)
         est.C, est.f, est.b = n(model.C), n(model.f), n(model.b)
         est.YrA, est.S, est.sn = n(model.YrA), n(model.S), n(model.sn)
         est.g, est.bl, est.c1, est.neurons_sn = n(model.g), n(model.bl), n(model.c1), n(model.neurons_sn)

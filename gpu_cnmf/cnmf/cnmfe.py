@@ -40,6 +40,7 @@ import torch
 
 from ..backend import memory_budget
 from ..errors import ParameterError
+from . import footprints as fp
 from .corr_pnr import check_parameters, initialize_corr_pnr
 from .dispatch import map_patches, movie_handle
 from .engine import Model, merge_step, model_from_numpy, model_to_numpy, spatial_step, \
@@ -96,7 +97,8 @@ class RingCorrectedMovie:
         for t0 in range(0, self.T, self.frames_per_chunk):
             t1 = min(self.T, t0 + self.frames_per_chunk)
             Y = self.mm.frames(t0, t1)
-            yield t0, t1, self.ring.subtract(Y, self.A @ self.C[:, t0:t1] if use_ac else None)
+            yield t0, t1, self.ring.subtract(Y, fp.matmul(self.A, self.C[:, t0:t1])
+                                             if use_ac else None)
 
     def chunks(self):
         """Yield ``(t0, t1, Yc)``: ``Y - B`` of frames t0:t1, (d, t1 - t0)."""
@@ -105,12 +107,30 @@ class RingCorrectedMovie:
             return
         yield from self._compute()
 
-    def AtY(self, A):
-        out = torch.zeros((A.shape[1], self.T), dtype=torch.float32, device=self.device)
-        if A.shape[1]:
+    def AtY(self, A, b=None):
+        K = A.shape[1]
+        nb = 0 if b is None else b.shape[1]
+        out = torch.zeros((K + nb, self.T), dtype=torch.float32, device=self.device)
+        if K + nb:
             for t0, t1, Yc in self.chunks():
-                out[:, t0:t1] = A.T @ Yc
+                out[:K, t0:t1] = fp.t_matmul(A, Yc)
+                if nb:
+                    out[K:, t0:t1] = b.T @ Yc
         return out
+
+    def CYt_at(self, C, idx):
+        """``(C Y')[r, idx[r, l]]`` (see :meth:`.products.MovieMatrix.CYt_at`)."""
+        K, L = idx.shape
+        out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
+        flat = idx.reshape(-1)
+        ent = torch.nonzero(flat < self.d).flatten()
+        pix, row = flat[ent], ent // L
+        for t0, t1, Yc in self.chunks():
+            step = max(1, (1 << 24) // max(t1 - t0, 1))
+            for e0 in range(0, ent.numel(), step):
+                sl = slice(e0, e0 + step)
+                out[ent[sl]] += (C[row[sl], t0:t1] * Yc[pix[sl]]).sum(1)
+        return out.view(K, L)
 
     def CYt(self, C):
         out = torch.zeros((C.shape[0], self.d), dtype=torch.float32, device=self.device)
@@ -354,11 +374,9 @@ def owned_components(A, patch_id, owner, dims):
     d1, d2 = dims
     if A.shape[1] == 0:
         return torch.zeros(0, dtype=torch.bool, device=A.device)
-    ii = torch.arange(d1, device=A.device, dtype=torch.float32).repeat(d2)
-    jj = torch.arange(d2, device=A.device, dtype=torch.float32).repeat_interleave(d1)
-    wsum = A.sum(0).clamp_min(1e-12)
-    ci = ((ii @ A) / wsum).round().long().clamp(0, d1 - 1).cpu().numpy()
-    cj = ((jj @ A) / wsum).round().long().clamp(0, d2 - 1).cpu().numpy()
+    ci, cj = fp.centres(A, dims)
+    ci = ci.round().long().clamp(0, d1 - 1).cpu().numpy()
+    cj = cj.round().long().clamp(0, d2 - 1).cpu().numpy()
     own = torch.as_tensor(owner[ci, cj], device=A.device)
     return own == patch_id.long()
 
@@ -382,7 +400,7 @@ def refine_on_ring(mm, model, ring, cfg, timings, spatial=True, n_rounds=N_ROUND
     Ymean = _pixel_means(mm)
     rounds = max(1, int(n_rounds)) if spatial else 1
     for it in range(rounds):
-        ring.b0 = Ymean - model.A @ model.C.mean(1)
+        ring.b0 = Ymean - fp.matmul(model.A, model.C.mean(1))
         mc = RingCorrectedMovie(mm, model.A, model.C, ring)
         if spatial:
             spatial_step(mc, model, cfg)
@@ -393,7 +411,7 @@ def refine_on_ring(mm, model, ring, cfg, timings, spatial=True, n_rounds=N_ROUND
         if cfg["merge"]["do_merge"] and it < rounds - 1:
             merge_step(model, cfg)
             t0 = _tick(timings, "merge", t0)
-    ring.b0 = Ymean - model.A @ model.C.mean(1)
+    ring.b0 = Ymean - fp.matmul(model.A, model.C.mean(1))
     return model, ring
 
 

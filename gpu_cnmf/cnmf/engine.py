@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
+from . import footprints as fp
 from .initialization import initialize
 from .merging import find_merges, merge_rank1
 from .preprocessing import pixel_stats
@@ -23,7 +24,9 @@ from .temporal import compute_residuals, deconvolve, update_temporal
 
 @dataclass
 class Model:
-    """Current CNMF model on the device (names as in :mod:`.estimates`)."""
+    """Current CNMF model on the device (names as in :mod:`.estimates`);
+    ``A`` is dense in a patch and sparse on the whole field
+    (:mod:`.footprints`)."""
 
     A: torch.Tensor
     C: torch.Tensor
@@ -48,7 +51,7 @@ class Model:
         """Keep the components where ``keep`` (bool tensor) is True."""
         if bool(keep.all()):
             return self
-        self.A = self.A[:, keep]
+        self.A = fp.select(self.A, keep)
         for name in self._PER_COMPONENT:
             v = getattr(self, name)
             if v is not None:
@@ -132,7 +135,7 @@ def merge_step(model, cfg, p=None, max_groups=None, groups=None):
         groups = _most_correlated(groups, model.C, max_groups)
     if not groups:
         return 0
-    dev = model.A.device
+    dev = model.C.device
     Craw = model.C + (model.YrA if model.YrA is not None else 0)
     Am, Cm = merge_rank1(model.A, Craw, groups)
     tk = temporal_kwargs(cfg, p)
@@ -146,7 +149,7 @@ def merge_step(model, cfg, p=None, max_groups=None, groups=None):
     model.merged_ROIs.extend([grp.cpu().tolist() for grp in groups])
     M = Am.shape[1]
     new = dict(A=Am, C=c, YrA=Cm - c - bl[:, None], S=s, bl=bl, c1=c1, g=g, neurons_sn=sn)
-    model.A = torch.cat([model.A[:, keep], Am], 1)
+    model.A = fp.cat(fp.select(model.A, keep), Am)
     for name in Model._PER_COMPONENT:
         v = getattr(model, name)
         add = new[name]

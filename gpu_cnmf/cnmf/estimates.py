@@ -592,6 +592,7 @@ class Estimates:
         deconvolved again. Merged components go to the end; ``merged_ROIs``
         lists the groups. Returns self."""
         import torch
+        from . import footprints as fp
         from .engine import Model, merge_step
         groups = [np.unique(np.asarray(g, dtype=int)) for g in components]
         K = self.nr
@@ -611,7 +612,7 @@ class Estimates:
         cfg = {"merge": params.get_group("merge"), "temporal": params.get_group("temporal")}
         merge_step(model, cfg, groups=[torch.as_tensor(g, device=dev) for g in groups])
         n = lambda x: None if x is None else x.detach().cpu().numpy()  # noqa: E731
-        self.A = sp.csc_matrix(n(model.A))
+        self.A = fp.to_scipy(model.A)
         for name in ("C", "YrA", "S", "bl", "c1", "g", "neurons_sn"):
             setattr(self, name, n(getattr(model, name)))
         self.R = self.YrA

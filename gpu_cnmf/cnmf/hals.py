@@ -162,66 +162,106 @@ def hals_update(W, P, Q, groups, mask=None, lam=None, n_iter=1, tol=None):
     return W
 
 
-def support_index(mask):
-    """Ragged column index of each row's support.
+def pack_rows(rows, cols, R, n, *vals):
+    """Ragged rows as padded index rows (compact sparse storage).
 
     Parameters
     ----------
-    mask : (R, n) bool tensor
+    rows, cols : LongTensors
+        Entries, sorted by row then column.
+    R : int
+        Number of rows.
+    n : int
+        Number of columns; ``n`` is the padding index (a dummy column).
+    *vals : tensors
+        Values of the entries, packed alike.
 
     Returns
     -------
     idx : (R, L) LongTensor
-        The columns of row r's support, padded with ``n`` (a dummy column
-        the callers append); ``L`` is the largest support.
+        The columns of row r's entries, ascending, padded with ``n``;
+        ``L`` is the largest row.
+    *packed : (R, L) tensors, zero at the padding.
     """
-    R, n = mask.shape
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    counts = mask.sum(1)
+    dev = cols.device
+    counts = torch.bincount(rows, minlength=R) if rows.numel() else \
+        torch.zeros(R, dtype=torch.long, device=dev)
     L = max(1, int(counts.max())) if R else 1
     start = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(rows.numel(), device=mask.device) - start[rows]
-    idx = torch.full((R, L), n, dtype=torch.long, device=mask.device)
+    pos = torch.arange(rows.numel(), device=dev) - start[rows]
+    idx = torch.full((R, L), n, dtype=torch.long, device=dev)
     idx[rows, pos] = cols
-    return idx
+    out = [idx]
+    for v in vals:
+        p = torch.zeros((R, L), dtype=v.dtype, device=dev)
+        p[rows, pos] = v
+        out.append(p)
+    return tuple(out)
 
 
-def hals_sparse_rows(H, P, Q, groups, idx, lam_row=None, lam_col=None, n_iter=1, tol=None,
-                     dense_groups=(), overlap=None):
-    """HALS on rows with small supports (footprints), in place.
+def lookup(keys, query):
+    """Positions of ``query`` values in the ascending ``keys``.
 
-    Like :func:`hals_rows` with a mask, but each row ``r`` only touches the
-    columns ``idx[r]`` of its support, and its coupling term
-    ``sum_j Q[r, j] H[j, idx[r]]`` only gathers the rows ``j`` whose
-    support overlaps its own (``overlap``), so a pass costs about
-    ``sum(support) * max_degree`` instead of ``R^2 * n``.
+    Returns ``(pos, found)``: ``keys[pos] == query`` where ``found``.
+    """
+    if keys.numel() == 0:
+        z = torch.zeros(query.shape, dtype=torch.long, device=query.device)
+        return z, torch.zeros(query.shape, dtype=torch.bool, device=query.device)
+    pos = torch.searchsorted(keys, query.reshape(-1)).reshape(query.shape)
+    pos = pos.clamp_max(keys.numel() - 1)
+    return pos, keys[pos] == query
+
+
+def hals_sparse_rows(W, P, Hb, Pb, Q, groups, idx, lam_row=None, lam_col=None, n_iter=1,
+                     tol=None, dense_groups=(), overlap=None, b_mask=None):
+    """HALS on footprints stored compactly, plus dense background rows; in place.
+
+    Rows ``0..K-1`` are components whose entries are ``W[r, l]`` at column
+    ``idx[r, l]``; rows ``K..K+nb-1`` are background rows stored whole in
+    ``Hb``. Row ``r``'s coupling term ``sum_j Q[r, j] H[j, idx[r]]`` only
+    gathers the rows ``j`` whose support overlaps its own (``overlap``), so
+    a pass costs about ``sum(support) * max_degree``, and nothing of size
+    rows x columns is formed.
 
     Parameters
     ----------
-    H, P : (R, n + 1) tensors
-        Factor and data projection with one extra, all-zero column that
-        the padding of ``idx`` points to.
-    Q : (R, R) tensor
+    W, P : (K, L) tensors
+        Component entries and their data projections (0 at padding).
+    Hb, Pb : (nb, n + 1) tensors
+        Background rows and their projections, with one extra all-zero
+        column that the padding of ``idx`` points to.
+    Q : (K + nb, K + nb) tensor
     groups : list of LongTensor
-        Colour groups of rows with supports (rows of ``idx``).
-    idx : (R, L) LongTensor
-        From :func:`support_index` (rows outside ``groups`` are ignored).
-    lam_row, lam_col : tensors (R,), (n + 1,), optional
+        Colour groups of component rows.
+    idx : (K, L) LongTensor
+        From :func:`pack_rows`, padded with ``n``.
+    lam_row, lam_col : tensors (K,), (n + 1,), optional
         L1 weight of entry (r, c) is ``lam_row[r] * lam_col[c]``.
     dense_groups : list of LongTensor
-        Rows updated over all columns (background components).
-    overlap : (R, R) bool tensor, optional
+        Colour groups of background rows (indices ``>= K``).
+    overlap : (K + nb, K + nb) bool tensor, optional
         Which rows share columns; all pairs when None.
+    b_mask : (n, nb) bool tensor, optional
+        Columns each background row may occupy.
     """
-    R, n1 = H.shape
+    K, L = W.shape
+    nb, n1 = Hb.shape
+    R = K + nb
     pad = n1 - 1
-    dev = H.device
+    dev = W.device
     diag = torch.diagonal(Q).clamp_min(torch.finfo(Q.dtype).tiny)
     if overlap is None:
         overlap = torch.ones((R, R), dtype=torch.bool, device=dev)
-    # neighbour lists padded with a zero column R of Ht
+    # one flat buffer: component entries, background rows, a zero slot
+    nW, nH = K * L, nb * n1
+    buf = torch.zeros(nW + nH + 1, device=dev, dtype=W.dtype)
+    buf[:nW] = W.reshape(-1)
+    buf[nW:nW + nH] = Hb.reshape(-1)
+    ZERO = nW + nH
+    Wv, Hv = buf[:nW].view(K, L), buf[nW:nW + nH].view(nb, n1)
+    valid = idx != pad
+    # neighbour lists padded with row R (the zero slot)
     deg = overlap.sum(1)
-    # dense rows (background) overlap everything but never gather neighbours
     sparse_rows = torch.cat(list(groups)) if len(groups) else deg.new_zeros(0)
     D = max(1, int(deg[sparse_rows].max())) if sparse_rows.numel() else 1
     order = torch.argsort((~overlap).to(torch.uint8), dim=1, stable=True)[:, :D]
@@ -229,44 +269,65 @@ def hals_sparse_rows(H, P, Q, groups, idx, lam_row=None, lam_col=None, n_iter=1,
                       torch.full_like(order, R))
     Qp = torch.cat([Q, torch.zeros((R, 1), device=dev, dtype=Q.dtype)], 1)
     Qn = Qp.gather(1, nbr)                                    # (R, D)
-    Ht = torch.cat([H.T, torch.zeros((n1, 1), device=dev, dtype=H.dtype)], 1).contiguous()
-    Pt = [P[g[:, None], idx[g]] for g in groups]
+    # entry keys row * n1 + column ascend (columns ascend within a row)
+    keys = (torch.arange(K, device=dev)[:, None] * n1 + idx).reshape(-1)
+
+    def flat_of(rows_, cols_):
+        """Buffer positions of rows ``rows_`` at columns ``cols_``."""
+        comp = rows_ < K
+        bg = (rows_ >= K) & (rows_ < R)
+        pos, found = lookup(keys, rows_.clamp_max(K - 1) * n1 + cols_) if K else \
+            (torch.zeros_like(rows_), torch.zeros_like(comp))
+        out = torch.full_like(rows_, ZERO)
+        out = torch.where(comp & found & (cols_ != pad), pos, out)
+        out = torch.where(bg & (cols_ != pad), nW + (rows_ - K).clamp_min(0) * n1 + cols_, out)
+        return out
+
+    self_at = [(g[:, None] * L + torch.arange(L, device=dev)).reshape(-1) for g in groups]
+    nbr_at = [flat_of(nbr[g][:, None, :].expand(-1, L, -1),
+                      idx[g][:, :, None].expand(-1, -1, D)).reshape(-1) for g in groups]
+    Pt = [P[g] for g in groups]
     lam_g = [lam_row[g, None] * lam_col[idx[g]] if lam_row is not None else None for g in groups]
-    valid = [idx[g] != pad for g in groups]
-    Qcols = [torch.cat([Q[:, g], Q.new_zeros((1, g.numel()))], 0) for g in dense_groups]
-    Pd = [P[g].T.contiguous() for g in dense_groups]
-    # flat offsets into Ht: a gather of whole neighbour rows is one index_select
-    W1 = R + 1
-    self_at = [(idx[g] * W1 + g[:, None]).reshape(-1) for g in groups]
-    nbr_at = [(idx[g][:, :, None] * W1 + nbr[g][:, None, :]).reshape(-1) for g in groups]
-    Hf = Ht.view(-1)
+    valid_g = [valid[g] for g in groups]
+    # components seen from background rows: a sparse (n + 1, K) of W
+    vr = torch.arange(K, device=dev)[:, None].expand(K, L)[valid]
+    vflat = torch.nonzero(valid.reshape(-1)).flatten()
+    w_ind = torch.stack([idx[valid], vr])
+    bmask_t = None if b_mask is None else torch.cat(
+        [b_mask.T, torch.zeros((nb, 1), dtype=torch.bool, device=dev)], 1)
     for _ in range(int(n_iter)):
         change, norm = 0.0, 0.0
         for gn, g in enumerate(groups):
-            G, L = idx[g].shape
-            old = Hf.index_select(0, self_at[gn]).view(G, L)
-            rows = Hf.index_select(0, nbr_at[gn]).view(G, L, -1)   # (G, L, D)
-            coup = torch.bmm(rows, Qn[g][:, :, None])[..., 0]
+            G = g.numel()
+            old = buf.index_select(0, self_at[gn]).view(G, L)
+            rows_ = buf.index_select(0, nbr_at[gn]).view(G, L, -1)   # (G, L, D)
+            coup = torch.bmm(rows_, Qn[g][:, :, None])[..., 0]
             step = Pt[gn] - coup
             if lam_g[gn] is not None:
                 step -= lam_g[gn]
             new = (old + step / diag[g, None]).clamp_min_(0)
-            new *= valid[gn]
+            new *= valid_g[gn]
             if tol is not None:
                 change += float(((new - old) ** 2).sum())
                 norm += float((new ** 2).sum())
-            Hf.index_copy_(0, self_at[gn], new.view(-1))
-        for g, Qc, Pg in zip(dense_groups, Qcols, Pd):
-            old = Ht[:, g]
-            new = (old + (Pg - Ht @ Qc) / diag[g][None, :]).clamp_min_(0)
-            new[pad] = 0
+            buf.index_copy_(0, self_at[gn], new.view(-1))
+        for g in dense_groups:
+            gb = g - K
+            Wsp = torch.sparse_coo_tensor(w_ind, Wv.reshape(-1)[vflat], (n1, K),
+                                          check_invariants=False)
+            coup = (torch.sparse.mm(Wsp, Q[:K, g].contiguous()).T if K else 0) + Q[g, K:] @ Hv
+            old = Hv[gb]
+            new = (old + (Pb[gb] - coup) / diag[g][:, None]).clamp_min_(0)
+            new[:, pad] = 0
+            if bmask_t is not None:
+                new *= bmask_t[gb]
             if tol is not None:
                 change += float(((new - old) ** 2).sum())
                 norm += float((new ** 2).sum())
-            Ht[:, g] = new
-        Ht[pad] = 0
+            Hv[gb] = new
         # relative change of the entries updated in this pass
         if tol is not None and change <= (tol ** 2) * (norm + 1e-30):
             break
-    H.copy_(Ht[:, :R].T)
-    return H
+    W.copy_(Wv)
+    Hb.copy_(Hv)
+    return W, Hb

@@ -15,6 +15,8 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from . import footprints as fp
+
 _RANK1_ITERS = 15
 
 
@@ -36,9 +38,8 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     K = A.shape[1]
     if K < 2:
         return []
-    dev = A.device
-    Am = (A > 0).float()
-    overlap = (Am.T @ Am) > 0
+    dev = C.device
+    overlap = fp.overlap_counts(A) > 0
     Cc = C - C.mean(1, keepdim=True)
     nrm = Cc.norm(dim=1).clamp_min(1e-12)
     corr = (Cc @ Cc.T) / (nrm[:, None] * nrm[None, :])
@@ -54,7 +55,7 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     groups = [np.flatnonzero(labels == lab) for lab in np.flatnonzero(sizes >= 2)]
     if max_merge_area is not None and groups:
         G = _indicator(groups, K, dev)
-        area = ((Am @ G) > 0).sum(0).cpu().numpy()
+        area = (fp.matmul(fp.indicator(A), G) > 0).sum(0).cpu().numpy()
         groups = [g for g, a in zip(groups, area) if a <= max_merge_area]
     return [torch.as_tensor(g, device=dev) for g in groups]
 
@@ -76,19 +77,20 @@ def merge_rank1(A, Craw, groups, n_iter=_RANK1_ITERS):
 
     Returns
     -------
-    Am : (d, M) unit-norm footprints, Cm : (M, T) traces
+    Am : (d, M) dense unit-norm footprints, Cm : (M, T) traces
     """
     K = A.shape[1]
-    G = _indicator([g.cpu().numpy() for g in groups], K, A.device)
+    dev = Craw.device
+    G = _indicator([g.cpu().numpy() for g in groups], K, dev)
     # start: the group member with the largest energy
-    energy = (A ** 2).sum(0) * (Craw ** 2).sum(1)
+    energy = fp.sq_norms(A) * (Craw ** 2).sum(1)
     best = torch.argmax(energy[:, None] * G, 0)
-    am = A[:, best].clone()
-    cm = torch.zeros((G.shape[1], Craw.shape[1]), device=A.device)
+    am = fp.to_dense(fp.select(A, best)).clone()
+    cm = torch.zeros((G.shape[1], Craw.shape[1]), device=dev)
     for _ in range(n_iter):
         na = (am ** 2).sum(0).clamp_min(1e-12)
-        cm = (((am.T @ A) * G.T) @ Craw).clamp_min(0) / na[:, None]
+        cm = ((fp.t_matmul(A, am).T * G.T) @ Craw).clamp_min(0) / na[:, None]
         nc = (cm ** 2).sum(1).clamp_min(1e-12)
-        am = (A @ ((Craw @ cm.T) * G)).clamp_min(0) / nc[None, :]
+        am = fp.matmul(A, (Craw @ cm.T) * G).clamp_min(0) / nc[None, :]
     nrm = am.norm(dim=0).clamp_min(1e-12)
     return am / nrm, cm * nrm[:, None]

@@ -147,64 +147,96 @@ def largest_component(mask: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(keep[flat].reshape(n, H, W), device=mask.device)
 
 
-def boxes(imgs_mask: torch.Tensor):
-    """Bounding boxes (y0, y1, x0, x1) of the nonzero pixels of each image;
-    an empty image gets the 1-pixel box at the origin."""
-    rows = imgs_mask.any(2)
-    cols = imgs_mask.any(1)
-    d1, d2 = rows.shape[1], cols.shape[1]
-    ar1 = torch.arange(d1, device=rows.device)
-    ar2 = torch.arange(d2, device=rows.device)
-    big = d1 + d2
-    y0 = torch.where(rows, ar1, big).amin(1).clamp_max(d1 - 1)
-    y1 = torch.where(rows, ar1, -1).amax(1).clamp_min(0) + 1
-    x0 = torch.where(cols, ar2, big).amin(1).clamp_max(d2 - 1)
-    x1 = torch.where(cols, ar2, -1).amax(1).clamp_min(0) + 1
-    y1 = torch.maximum(y1, y0 + 1)
-    x1 = torch.maximum(x1, x0 + 1)
-    return y0, y1, x0, x1
+def crop_apply(pix, comp, val, K, dims, pad, fn):
+    """Apply ``fn`` to crops around each component, given as entries.
 
-
-def crop_map(imgs: torch.Tensor, support: torch.Tensor, pad: int, fn):
-    """Apply ``fn`` to crops of ``imgs`` around each image's ``support``.
+    The crop of component ``k`` is the bounding box of its entries plus
+    ``pad``; components of similar size are batched into (n, H, W) stacks.
+    Nothing of the size of the field of view is formed, so this works on
+    the whole field's sparse footprints as on a patch's dense ones.
 
     Parameters
     ----------
-    imgs : (K, d1, d2) tensor
-        Images (any dtype) passed to ``fn`` as crops.
-    support : (K, d1, d2) bool
-        Where each image lives; crops are its bounding box plus ``pad``.
+    pix, comp : (nnz,) LongTensor
+        Fortran-order pixel (``i + j * d1``) and component of each entry.
+    val : (nnz,) tensor
+        Entry values (any dtype) placed in the crops.
+    K : int
+        Number of components (those without entries get no crop).
+    dims : (d1, d2)
     pad : int
         Margin, at least the reach of ``fn``'s operators.
     fn : callable (n, H, W) -> (n, H, W)
-        Batched operation on crops; its output outside the crops is zero.
+        Batched operation on crops.
 
     Returns
     -------
-    (K, d1, d2) tensor of ``fn``'s dtype.
+    pix, comp, val : the nonzero entries of ``fn``'s output inside the
+        field of view, sorted by component then pixel.
     """
-    K, d1, d2 = imgs.shape
-    dev = imgs.device
-    y0, y1, x0, x1 = boxes(support)
+    d1, d2 = dims
+    dev = pix.device
+    if pix.numel() == 0:
+        e = torch.zeros(0, dtype=torch.long, device=dev)
+        return e, e.clone(), val[:0]
+    ii, jj = pix % d1, pix // d1
+    big = d1 + d2
+    y0 = torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(0, comp, ii, "amin")
+    y1 = torch.full((K,), -1, dtype=torch.long, device=dev).scatter_reduce(0, comp, ii, "amax") + 1
+    x0 = torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(0, comp, jj, "amin")
+    x1 = torch.full((K,), -1, dtype=torch.long, device=dev).scatter_reduce(0, comp, jj, "amax") + 1
+    present = torch.nonzero(y1 > 0).flatten()
+    # crops in padded coordinates, kept inside the padded field
     Pd1, Pd2 = d1 + 2 * pad, d2 + 2 * pad
-    padded = F.pad(imgs, (pad, pad, pad, pad))
-    hs = (y1 - y0 + 2 * pad)
-    ws = (x1 - x0 + 2 * pad)
-    order = torch.argsort(torch.maximum(hs, ws)).tolist()
-    out = None
+    hs = (y1 - y0 + 2 * pad).clamp_max(Pd1)
+    ws = (x1 - x0 + 2 * pad).clamp_max(Pd2)
+    order = present[torch.argsort(torch.maximum(hs[present], ws[present]))].tolist()
+    # entries grouped by component: start offset and count of each
+    srt = torch.argsort(comp, stable=True)
+    pix_s, comp_s, val_s = pix[srt], comp[srt], val[srt]
+    counts = torch.bincount(comp_s, minlength=K)
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    counts = counts.tolist()
     hs_l, ws_l, y0_l, x0_l = hs.tolist(), ws.tolist(), y0.tolist(), x0.tolist()
-    for s in range(0, K, _BATCH):
+    outs = []
+    for s in range(0, len(order), _BATCH):
         idx = order[s:s + _BATCH]
         H = max(hs_l[i] for i in idx)
         W = max(ws_l[i] for i in idx)
-        ys = torch.tensor([min(y0_l[i], Pd1 - H) for i in idx], device=dev)
-        xs = torch.tensor([min(x0_l[i], Pd2 - W) for i in idx], device=dev)
-        kk = torch.tensor(idx, device=dev)
-        rr = ys[:, None] + torch.arange(H, device=dev)
-        cc = xs[:, None] + torch.arange(W, device=dev)
-        crops = padded[kk[:, None, None], rr[:, :, None], cc[:, None, :]]
+        ys = torch.tensor([min(y0_l[i], Pd1 - H) - pad for i in idx], device=dev)
+        xs = torch.tensor([min(x0_l[i], Pd2 - W) - pad for i in idx], device=dev)
+        sel = torch.cat([torch.arange(starts[i], starts[i] + counts[i], device=dev) for i in idx])
+        slot = torch.repeat_interleave(torch.arange(len(idx), device=dev),
+                                       torch.tensor([counts[i] for i in idx], device=dev))
+        crops = torch.zeros((len(idx), H, W), dtype=val.dtype, device=dev)
+        p = pix_s[sel]
+        crops[slot, p % d1 - ys[slot], p // d1 - xs[slot]] = val_s[sel]
         res = fn(crops)
-        if out is None:
-            out = torch.zeros((K, Pd1, Pd2), dtype=res.dtype, device=dev)
-        out[kk[:, None, None], rr[:, :, None], cc[:, None, :]] = res
-    return out[:, pad:pad + d1, pad:pad + d2]
+        n, r, c = torch.nonzero(res, as_tuple=True)
+        gi, gj = r + ys[n], c + xs[n]
+        inside = (gi >= 0) & (gi < d1) & (gj >= 0) & (gj < d2)
+        n, r, c, gi, gj = n[inside], r[inside], c[inside], gi[inside], gj[inside]
+        kk = torch.tensor(idx, device=dev)[n]
+        outs.append((gi + gj * d1, kk, res[n, r, c]))
+    p_o = torch.cat([o[0] for o in outs])
+    k_o = torch.cat([o[1] for o in outs])
+    v_o = torch.cat([o[2] for o in outs])
+    srt = torch.argsort(k_o * (d1 * d2) + p_o)
+    return p_o[srt], k_o[srt], v_o[srt]
+
+
+def crop_map(imgs: torch.Tensor, support: torch.Tensor, pad: int, fn):
+    """:func:`crop_apply` on a stack of images (K, d1, d2): ``fn`` sees the
+    crops of ``imgs`` around each image's ``support`` (entries outside the
+    support read as zero); returns its output as a (K, d1, d2) stack."""
+    K, d1, d2 = imgs.shape
+    k, i, j = torch.nonzero(support, as_tuple=True)
+    p, kk, v = crop_apply(i + j * d1, k, imgs[k, i, j], K, (d1, d2), pad, fn)
+    out = None
+    if v.numel():
+        out = torch.zeros((K, d1, d2), dtype=v.dtype, device=imgs.device)
+        out[kk, p % d1, p // d1] = v
+    else:
+        probe = fn(torch.zeros((1, 3, 3), dtype=imgs.dtype, device=imgs.device))
+        out = torch.zeros((K, d1, d2), dtype=probe.dtype, device=imgs.device)
+    return out

@@ -27,6 +27,7 @@ import torch
 from ..errors import ParameterError
 from .background import compress_background
 from .dispatch import MovieHandle, map_patches, movie_handle
+from . import footprints as fp
 from .engine import Model, fit_fov, merge_step, model_from_numpy, model_to_numpy, temporal_step
 from .products import MovieMatrix, Region
 from .spatial import update_background
@@ -181,15 +182,14 @@ def _patch_models(images, regions, cfg, device, n_processes, dview=None):
 def _delete_duplicates(model, patch_id, centrality, thr=0.5):
     """Drop, among footprints from different patches overlapping by more than
     ``thr`` of the smaller one, the copy that sits less centrally."""
-    Am = (model.A > 0).float()
-    inter = Am.T @ Am
-    size = Am.sum(0)
+    inter = fp.overlap_counts(model.A)
+    size = torch.diagonal(inter)
     ratio = inter / torch.minimum(size[:, None], size[None, :]).clamp_min(1)
     dup = (ratio > thr) & (patch_id[:, None] != patch_id[None, :])
     dup = torch.triu(dup, 1)
     i, j = torch.nonzero(dup, as_tuple=True)
     loser = torch.where(centrality[i] >= centrality[j], j, i)
-    keep = torch.ones(model.K, dtype=torch.bool, device=model.A.device)
+    keep = torch.ones(model.K, dtype=torch.bool, device=model.C.device)
     keep[loser] = False
     return keep
 
@@ -211,7 +211,7 @@ def place_patches(regions, models, dims, T, device, border_pix=0):
     Returns
     -------
     model : Model
-        ``A`` (d, K), ``C``, ``YrA``, ``sn``, and the patch backgrounds as
+        ``A`` (d, K, sparse), ``C``, ``YrA``, ``sn``, and the patch backgrounds as
         ``b`` (d, sum nb_patch) and ``f``; components left empty dropped.
     b_mask : (d, sum nb_patch) bool tensor
         Each background component's patch.
@@ -224,7 +224,7 @@ def place_patches(regions, models, dims, T, device, border_pix=0):
     Ks = [m.K for m in models]
     nbs = [m.b.shape[1] for m in models]
     Ktot, NB = int(sum(Ks)), int(sum(nbs))
-    A = torch.zeros((d, Ktot), device=device)
+    pix, comp, val = [], [], []
     B = torch.zeros((d, NB), device=device)
     Bmask = torch.zeros((d, NB), dtype=torch.bool, device=device)
     sn = torch.zeros(d, device=device)
@@ -237,16 +237,16 @@ def place_patches(regions, models, dims, T, device, border_pix=0):
     ok, ob = 0, 0
     for r, m in zip(regions, models):
         idx = torch.as_tensor(r.pixel_index(d1), device=device)
-        A[idx, ok:ok + m.K] = m.A
+        p_, k_ = torch.nonzero(m.A, as_tuple=True)
+        pix.append(idx[p_])
+        comp.append(k_ + ok)
+        val.append(m.A[p_, k_])
         B[idx, ob:ob + m.b.shape[1]] = m.b
         Bmask[idx, ob:ob + m.b.shape[1]] = True
         sn[idx] = m.sn
         if m.K:
             h, w = r.dims
-            ii = torch.arange(h, device=device, dtype=torch.float32).repeat(w)
-            jj = torch.arange(w, device=device, dtype=torch.float32).repeat_interleave(h)
-            wsum = m.A.sum(0).clamp_min(1e-12)
-            ci, cj = (ii @ m.A) / wsum, (jj @ m.A) / wsum
+            ci, cj = fp.centres(m.A, (h, w))
             centrality[ok:ok + m.K] = torch.minimum(torch.minimum(ci, h - 1 - ci),
                                                     torch.minimum(cj, w - 1 - cj))
         ok += m.K
@@ -255,9 +255,13 @@ def place_patches(regions, models, dims, T, device, border_pix=0):
     if bp > 0:
         edge = torch.zeros((d1, d2), dtype=torch.bool, device=device)
         edge[:bp], edge[-bp:], edge[:, :bp], edge[:, -bp:] = True, True, True, True
-        A[edge.T.reshape(-1)] = 0
+        on_edge = edge.T.reshape(-1)
+    A = fp.coo(torch.stack([torch.cat(pix), torch.cat(comp)]), torch.cat(val), (d, Ktot)) \
+        if Ktot else fp.to_sparse(torch.zeros((d, 0), device=device))
+    if bp > 0:
+        A = fp.zero_pixels(A, on_edge)
     model = Model(A=A, C=C, b=B, f=Fb, sn=sn, YrA=YrA)
-    keep = (A > 0).any(0) & (C.amax(1) > 0) if Ktot else torch.zeros(0, dtype=torch.bool)
+    keep = fp.nonempty(A) & (C.amax(1) > 0) if Ktot else torch.zeros(0, dtype=torch.bool)
     patch_id, centrality = patch_id[keep], centrality[keep]
     model.select(keep)
     return model, Bmask, patch_id, centrality

@@ -29,6 +29,7 @@ import torch
 
 from ..backend import count_movie_io, memory_budget, pinned_empty
 from ..errors import MovieError
+from . import footprints as fp
 
 # Share of the device budget the resident copy of Y may take.
 _RESIDENT_FRACTION = 0.6
@@ -269,28 +270,45 @@ class MovieMatrix:
         return self._perm
 
     # --------------------------------------------------------------- products
-    def AtY(self, A):
-        """``A' Y`` for dense ``A`` (d, K) on the device -> (K, T)."""
+    def AtY(self, A, b=None):
+        """``[A b]' Y`` for footprints ``A`` (d, K) on the device, dense or
+        sparse (:mod:`.footprints`), and optional dense columns ``b``
+        (d, nb), in one pass -> (K + nb, T)."""
+        if b is not None and not fp.is_sparse(A):
+            A, b = torch.cat([A, b], 1), None
+        nb = 0 if b is None else b.shape[1]
         K = A.shape[1]
-        out = torch.zeros((K, self.T), dtype=torch.float32, device=self.device)
-        if K == 0:
+        out = torch.zeros((K + nb, self.T), dtype=torch.float32, device=self.device)
+        if K + nb == 0:
             return out
         if self.exclude is not None:
-            A = A * self.exclude[:, None]
+            A = fp.zero_pixels(A, ~self.exclude)
+            b = None if b is None else b * self.exclude[:, None]
         if self.layout == "frames":
-            Ac = A[self._c_order()]
+            perm = self._c_order()
+            Ac = fp.rows(A, perm)
+            bc = None if b is None else b[perm]
             for t0, t1, Yf in self.frame_blocks():
-                out[:, t0:t1] = (Yf @ Ac).T
+                out[:K, t0:t1] = fp.t_matmul(Ac, Yf.T)
+                if bc is not None:
+                    out[K:, t0:t1] = bc.T @ Yf.T
             return out
-        if self.device.type == "cpu" and float((A != 0).float().mean()) < _SPARSE_FILL:
+        sparse_cpu = self.device.type == "cpu" and (
+            fp.is_sparse(A) or float((A != 0).float().mean()) < _SPARSE_FILL)
+        if sparse_cpu:
             # CPU kernel choice: scipy's sparse product reads only A's support
-            As = sp.csr_matrix(A.numpy())
-            acc = np.zeros((K, self.T), dtype=np.float32)
+            As = fp.to_scipy(A).tocsr()
+            acc = out.numpy()
             for p0, p1, Yb in self.blocks():
-                acc += (As[p0:p1].T @ Yb.numpy()).astype(np.float32, copy=False)
-            return torch.from_numpy(acc)
+                Yn = Yb.numpy()
+                acc[:K] += (As[p0:p1].T @ Yn).astype(np.float32, copy=False)
+                if nb:
+                    acc[K:] += b[p0:p1].numpy().T @ Yn
+            return out
         for p0, p1, Yb in self.blocks():
-            out.addmm_(A[p0:p1].T, Yb)
+            out[:K] += fp.t_matmul(fp.row_block(A, p0, p1), Yb)
+            if nb:
+                out[K:] += b[p0:p1].T @ Yb
         return out
 
     def CYt(self, C):
@@ -309,6 +327,52 @@ class MovieMatrix:
         if self.exclude is not None:
             out = out * self.exclude[None, :]
         return out
+
+    def CYt_at(self, C, idx):
+        """Entries of ``C Y'`` at given pixels: ``out[r, l] = (C Y')[r, idx[r, l]]``.
+
+        The spatial update needs ``C Y'`` only on each component's support,
+        so the pixels x K product is never formed.
+
+        Parameters
+        ----------
+        C : (K, T) tensor
+        idx : (K, L) LongTensor of local Fortran pixels, padded with ``d``.
+
+        Returns
+        -------
+        (K, L) tensor, 0 at the padding and at excluded pixels.
+        """
+        K, L = idx.shape
+        out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
+        flat = idx.reshape(-1)
+        ent = torch.nonzero(flat < self.d).flatten()
+        if ent.numel() == 0:
+            return out.view(K, L)
+        pix = flat[ent]
+        row = ent // L
+        if self.layout == "frames":
+            pc = self._c_order().argsort()[pix]           # C-order position of each entry
+            # entries per gather chunk so one (frames x entries) gather stays small
+            step = max(1, (1 << 24) // max(self.frames_per_block, 1))
+            for t0, t1, Yf in self.frame_blocks():
+                Cb = C[:, t0:t1]
+                for e0 in range(0, ent.numel(), step):
+                    sl = slice(e0, e0 + step)
+                    out[ent[sl]] += (Cb[row[sl]].T * Yf[:, pc[sl]]).sum(0)
+        else:
+            order = torch.argsort(pix)
+            pix_s, row_s, ent_s = pix[order], row[order], ent[order]
+            for p0, p1, Yb in self.blocks():
+                a, b = (int(x) for x in torch.searchsorted(
+                    pix_s, torch.tensor([p0, p1], device=pix_s.device)))
+                if a == b:
+                    continue
+                Ub = C @ Yb.T                                   # (K, p1 - p0)
+                out[ent_s[a:b]] = Ub[row_s[a:b], pix_s[a:b] - p0]
+        if self.exclude is not None:
+            out[ent] *= self.exclude[pix]
+        return out.view(K, L)
 
     def release(self):
         """Drop resident device blocks and staging buffers."""

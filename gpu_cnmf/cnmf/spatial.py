@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from .hals import color_groups, hals_rows, hals_sparse_rows, support_index
-from .morphology import (closing, crop_map, diamond, dilate, from_images,
-                         largest_component, median_filter, reconstruct_from_peak, structure,
-                         to_images)
+from . import footprints as fp
+from .hals import color_groups, hals_rows, hals_sparse_rows, lookup, pack_rows
+from .morphology import (closing, crop_apply, diamond, dilate, largest_component, median_filter,
+                         reconstruct_from_peak, structure)
 
 # HALS passes for the spatial problem (warm started) and their tolerance.
 SPATIAL_ITERS = 30
@@ -52,7 +52,7 @@ def expand_supports(A, dims, method_exp="dilate", dist=3.0, expandCore=None):
 
     Parameters
     ----------
-    A : (d, K) tensor
+    A : (d, K) tensor, dense or sparse (:mod:`.footprints`)
         Current footprints.
     method_exp : 'dilate' or 'ellipse'
     dist : float
@@ -63,45 +63,65 @@ def expand_supports(A, dims, method_exp="dilate", dist=3.0, expandCore=None):
 
     Returns
     -------
-    (d, K) bool tensor
+    pix, comp : LongTensors of the support entries, sorted by component
+        then pixel.
     """
+    if method_exp not in ("dilate", "ellipse"):
+        raise ParameterError(f"method_exp: expected 'dilate' or 'ellipse', got {method_exp!r}")
     dev = A.device
     K = A.shape[1]
-    if K == 0:
-        return torch.zeros_like(A, dtype=torch.bool)
-    if method_exp == "dilate":
-        se = diamond(2, dev) if expandCore is None else structure(expandCore, dev)
-        pad = max(se.shape) // 2 + 1
-        masks = to_images(A > 0, dims)
-        out = crop_map(masks, masks, pad, lambda m: dilate(m, se))
-        return from_images(out)
+    pix, comp, val = fp.entries(A)
     if method_exp == "ellipse":
-        return ellipse_supports(A, dims, dist)
-    raise ParameterError(f"method_exp: expected 'dilate' or 'ellipse', got {method_exp!r}")
+        return ellipse_supports(pix, comp, val.clamp_min(0), K, dims, dist)
+    se = diamond(2, dev) if expandCore is None else structure(expandCore, dev)
+    pad = max(se.shape) // 2 + 1
+    p, k, _ = crop_apply(pix, comp, val > 0, K, dims, pad, lambda m: dilate(m, se))
+    return p, k
 
 
-def ellipse_supports(A, dims, dist=3.0):
+def ellipse_supports(pix, comp, w, K, dims, dist=3.0):
     """Pixels within Mahalanobis distance ``dist`` of each footprint's
-    centre of mass, using the footprint's weighted spatial covariance."""
+    centre of mass, using the footprint's weighted spatial covariance
+    (plus the footprint's own pixels); entries sorted as in
+    :func:`expand_supports`."""
     d1, d2 = dims
-    dev = A.device
-    ii = torch.arange(d1, device=dev, dtype=torch.float32).repeat(d2)
-    jj = torch.arange(d2, device=dev, dtype=torch.float32).repeat_interleave(d1)
-    w = A.clamp_min(0)
-    tot = w.sum(0).clamp_min(1e-12)
-    mi = (ii @ w) / tot
-    mj = (jj @ w) / tot
-    sii = ((ii ** 2) @ w) / tot - mi ** 2
-    sjj = ((jj ** 2) @ w) / tot - mj ** 2
-    sij = ((ii * jj) @ w) / tot - mi * mj
+    dev = pix.device
+    ii, jj = (pix % d1).float(), (pix // d1).float()
+
+    def csum(x):
+        return torch.zeros(K, device=dev).index_add_(0, comp, x * w)
+
+    tot = csum(torch.ones_like(w)).clamp_min(1e-12)
+    mi, mj = csum(ii) / tot, csum(jj) / tot
     # regularise so single-pixel footprints still get a small disc
-    sii = sii + 0.25
-    sjj = sjj + 0.25
+    sii = csum(ii ** 2) / tot - mi ** 2 + 0.25
+    sjj = csum(jj ** 2) / tot - mj ** 2 + 0.25
+    sij = csum(ii * jj) / tot - mi * mj
     det = (sii * sjj - sij ** 2).clamp_min(1e-6)
-    di = ii[:, None] - mi[None, :]
-    dj = jj[:, None] - mj[None, :]
-    m2 = (sjj * di ** 2 - 2 * sij * di * dj + sii * dj ** 2) / det
-    return (m2 <= dist ** 2) | (A > 0)
+    # the ellipse lies within dist * sqrt(s_ii) of the centre along i
+    ri = torch.ceil(dist * torch.sqrt(sii)).long() + 1
+    rj = torch.ceil(dist * torch.sqrt(sjj)).long() + 1
+    out_p, out_k = [pix], [comp]
+    present = torch.nonzero(torch.zeros(K, dtype=torch.bool, device=dev).index_fill_(
+        0, comp, True)).flatten()
+    for s in range(0, present.numel(), 256):
+        kk = present[s:s + 256]
+        H, W = int(2 * ri[kk].max() + 1), int(2 * rj[kk].max() + 1)
+        gi = torch.round(mi[kk]).long()[:, None, None] - H // 2 + \
+            torch.arange(H, device=dev)[None, :, None]
+        gj = torch.round(mj[kk]).long()[:, None, None] - W // 2 + \
+            torch.arange(W, device=dev)[None, None, :]
+        gi, gj = gi.expand(-1, H, W), gj.expand(-1, H, W)
+        di = gi - mi[kk, None, None]
+        dj = gj - mj[kk, None, None]
+        a, b, c, dt = (x[kk, None, None] for x in (sjj, sij, sii, det))
+        m2 = (a * di ** 2 - 2 * b * di * dj + c * dj ** 2) / dt
+        ok = (m2 <= dist ** 2) & (gi >= 0) & (gi < d1) & (gj >= 0) & (gj < d2)
+        n, r, c_ = torch.nonzero(ok, as_tuple=True)
+        out_p.append(gi[n, r, c_] + gj[n, r, c_] * d1)
+        out_k.append(kk[n])
+    keys = torch.unique(torch.cat(out_k) * (d1 * d2) + torch.cat(out_p))
+    return keys % (d1 * d2), keys // (d1 * d2)
 
 
 def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
@@ -110,7 +130,7 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
 
     Parameters
     ----------
-    A : (d, K) tensor
+    A : (d, K) tensor, dense or sparse
     medw : (int, int)
         Median filter window applied before thresholding.
     thr_method : 'nrg' or 'max'
@@ -128,7 +148,7 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
 
     Returns
     -------
-    (d, K) tensor: ``A`` where the mask is set, 0 elsewhere.
+    (d, K) tensor in ``A``'s layout: ``A`` where the mask is set, 0 elsewhere.
     """
     K = A.shape[1]
     if K == 0:
@@ -140,8 +160,6 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
     if thr_method not in ("nrg", "max"):
         raise ParameterError(f"thr_method: expected 'nrg' or 'max', got {thr_method!r}")
     pad = max(max(medw), max(se_t.shape), max(ss_t.shape)) // 2 + 2
-    imgs = to_images(A, dims)
-
     def fn(crops):
         x = median_filter(crops, medw)
         n = x.shape[0]
@@ -166,10 +184,12 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
             # joins through its noisy low fringe).
             R = reconstruct_from_peak(torch.where(bw, crops, torch.zeros_like(crops)), ss_t)
             bw = bw & (R >= float(peak_path) * crops)
-        return bw
+        return torch.where(bw, crops, torch.zeros_like(crops))
 
-    mask = crop_map(imgs, imgs > 0, pad, fn)
-    return A * from_images(mask)
+    pix, comp, val = fp.entries(A)
+    pos = val > 0
+    p, k, v = crop_apply(pix[pos], comp[pos], val[pos], K, dims, pad, fn)
+    return fp.from_entries(p, k, v, A.shape, A)
 
 
 def lasso_weights(sn, V, K, nb, normalized):
@@ -187,7 +207,7 @@ def lasso_weights(sn, V, K, nb, normalized):
 def _prune_l0(Wt, U, V, mask, yy, sn, T, K):
     """Drop the cheapest footprint entries of each pixel within its noise
     budget ``T sn^2`` (batched over pixels); returns the reduced mask.
-    Arguments have components in rows (``Wt``, ``U``, ``mask``: (K+nb, d))."""
+    Arguments have components in rows (``Wt``, ``U``, ``mask``: (K+nb, n))."""
     VW = V @ Wt
     rss = (yy - 2 * (Wt * U).sum(0) + (VW * Wt).sum(0)).clamp_min(0)
     slack = (T * sn ** 2 - rss).clamp_min(0)
@@ -204,6 +224,57 @@ def _prune_l0(Wt, U, V, mask, yy, sn, T, K):
     return new
 
 
+def _prune_l0_compact(W, U, Hb, Ub, V, idx, yy, sn, T, block=16384):
+    """:func:`_prune_l0` on compact footprints, a block of pixels at a
+    time (each block densified: (K + nb) x block). Returns the (K, L) bool
+    of entries kept."""
+    K, L = W.shape
+    d = Hb.shape[1] - 1
+    keep = idx < d
+    rows = torch.arange(K, device=W.device)[:, None].expand(K, L)
+    p_all, r_all = idx[keep], rows[keep]
+    flat = torch.nonzero(keep.reshape(-1)).flatten()
+    order = torch.argsort(p_all)
+    p_s, r_s, f_s = p_all[order], r_all[order], flat[order]
+    out = keep.reshape(-1).clone()
+    for p0 in range(0, d, block):
+        p1 = min(d, p0 + block)
+        a, b = (int(x) for x in torch.searchsorted(p_s, torch.tensor([p0, p1], device=p_s.device)))
+        if a == b:
+            continue
+        r, p, f = r_s[a:b], p_s[a:b] - p0, f_s[a:b]
+        Wd = torch.zeros((K, p1 - p0), device=W.device)
+        Ud = torch.zeros_like(Wd)
+        Wd[r, p] = W.reshape(-1)[f]
+        Ud[r, p] = U.reshape(-1)[f]
+        Wd = torch.cat([Wd, Hb[:, p0:p1]], 0)
+        Ud = torch.cat([Ud, Ub[:, p0:p1]], 0)
+        m = torch.zeros_like(Wd, dtype=torch.bool)
+        m[r, p] = True
+        m[K:] = True
+        kept = _prune_l0(Wd, Ud, V, m, yy[p0:p1], sn[p0:p1], T, K)
+        out[f] = kept[r, p]
+    return out.view(K, L)
+
+
+def _overlaps(idx, K, d, b_mask, nb):
+    """(K + nb, K + nb) bool: which rows' supports share a pixel."""
+    dev = idx.device
+    L = idx.shape[1]
+    valid = idx < d
+    rows = torch.arange(K, device=dev)[:, None].expand(K, L)[valid]
+    S = fp.coo(torch.stack([idx[valid], rows]), torch.ones(rows.numel(), device=dev), (d, K))
+    R = K + nb
+    out = torch.ones((R, R), dtype=torch.bool, device=dev)
+    out[:K, :K] = fp.overlap_counts(S) > 0
+    if b_mask is not None and nb:
+        bm = b_mask.float()
+        cb = fp.t_matmul(S, bm) > 0
+        out[:K, K:], out[K:, :K] = cb, cb.T
+        out[K:, K:] = (bm.T @ bm) > 0
+    return out
+
+
 def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandCore=None,
                    method_ls="lasso_lars", normalize_yyt_one=True,
                    update_background_components=True, thr_method="nrg", maxthr=0.1,
@@ -211,10 +282,15 @@ def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandC
                    b_mask=None, yy=None, n_iter=SPATIAL_ITERS):
     """One spatial update (one pass over the movie for ``Y [C; f]'``).
 
+    Footprints are handled in compact form throughout: each component's
+    support (at most ``L`` pixels) as a row of indices, its values and its
+    data projection beside them, so the memory is that of the supports,
+    not pixels x K (:mod:`.footprints`).
+
     Parameters
     ----------
     mm : MovieMatrix
-    A : (d, K) tensor, b : (d, nb) tensor, C : (K, T), f : (nb, T)
+    A : (d, K) tensor (dense or sparse), b : (d, nb) tensor, C : (K, T), f : (nb, T)
     sn : (d,) tensor of pixel noise levels
     b_mask : (d, nb) bool tensor, optional
         Support of each background column (patch backgrounds kept full
@@ -224,60 +300,64 @@ def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandC
 
     Returns
     -------
-    A, b : updated tensors
+    A : updated footprints, in ``A``'s layout
+    b : updated background
     keep : (K,) bool tensor, False for components that became empty
     """
     if method_ls not in ("lasso_lars", "nnls_L0"):
         raise ParameterError(f"method_ls: expected 'lasso_lars' or 'nnls_L0', got {method_ls!r}")
-    dev = A.device
+    if method_ls == "nnls_L0" and yy is None:
+        raise ParameterError("method_ls='nnls_L0' needs the per-pixel energy yy")
+    dev = C.device
     K, nb = A.shape[1], b.shape[1]
-    M = expand_supports(A, mm.dims, method_exp, dist, expandCore)
-    bm = torch.ones((A.shape[0], nb), dtype=torch.bool, device=dev) if b_mask is None else b_mask
-    d = A.shape[0]
-    mask = torch.cat([M, bm], 1).T.contiguous()                 # (K+nb, d)
+    d = mm.d
+    spix, scomp = expand_supports(A, mm.dims, method_exp, dist, expandCore)
+    idx, = pack_rows(scomp, spix, K, d)
     Ct = torch.cat([C, f], 0)
     norms = torch.sqrt((Ct ** 2).sum(1)).clamp_min(1e-12) if normalize_yyt_one \
         else torch.ones(K + nb, device=dev)
     Cn = Ct / norms[:, None]
-    zero_col = torch.zeros((K + nb, 1), device=dev)
-    U = torch.cat([mm.CYt(Cn), zero_col], 1)                    # (K+nb, d+1)
     V = Cn @ Cn.T
-    W = torch.cat([(torch.cat([A, b], 1).T * norms[:, None]) * mask, zero_col], 1)
-    maskf = mask.float()
-    overlap = (maskf @ maskf.T) > 0
+    zero_col = torch.zeros((nb, 1), device=dev)
+    U = mm.CYt_at(Cn[:K], idx)                                   # (K, L)
+    Ub = torch.cat([mm.CYt(Cn[K:]), zero_col], 1)               # (nb, d + 1)
+    apix, acomp, aval = fp.entries(A)
+    pos, found = lookup(acomp * (d + 1) + apix,
+                        torch.arange(K, device=dev)[:, None] * (d + 1) + idx)
+    W = torch.where(found, aval[pos.clamp_max(max(aval.numel() - 1, 0))],
+                    torch.zeros((), device=dev)) if aval.numel() else torch.zeros_like(U)
+    W = W * norms[:K, None]
+    Hb = torch.cat([b.T * norms[K:, None], zero_col], 1)
+    if b_mask is not None:
+        Hb[:, :d] *= b_mask.T
+    overlap = _overlaps(idx, K, d, b_mask, nb)
     groups = color_groups(overlap)
-    del maskf
-    # footprints: sparse supports; background: whole field (or its patch)
-    dense_bg = b_mask is None
-    idx = support_index(mask if not dense_bg else torch.cat(
-        [mask[:K], torch.zeros((nb, d), dtype=torch.bool, device=dev)], 0))
-    sparse_groups = [g[g < K] if dense_bg else g for g in groups]
+    sparse_groups = [g[g < K] for g in groups]
     sparse_groups = [g for g in sparse_groups if g.numel()]
-    dense_groups = [g[g >= K] for g in groups] if dense_bg else []
+    dense_groups = [g[g >= K] for g in groups] if update_background_components else []
     dense_groups = [g for g in dense_groups if g.numel()]
-    if not update_background_components and nb:
-        sparse_groups = [g[g < K] for g in sparse_groups]
-        sparse_groups = [g for g in sparse_groups if g.numel()]
-        dense_groups = []
     lam_row = lam_col = None
     if method_ls == "lasso_lars":
         lam_row, lam_col = lasso_weights(sn, V, K, nb, normalize_yyt_one)
-    hals_sparse_rows(W, U, V, sparse_groups, idx, lam_row, lam_col, n_iter=n_iter,
-                     tol=SPATIAL_TOL, dense_groups=dense_groups, overlap=overlap)
+        lam_row = lam_row[:K]
+    kw = dict(dense_groups=dense_groups, overlap=overlap, b_mask=b_mask)
+    hals_sparse_rows(W, U, Hb, Ub, V, sparse_groups, idx, lam_row, lam_col, n_iter=n_iter,
+                     tol=SPATIAL_TOL, **kw)
     if method_ls == "nnls_L0":
-        if yy is None:
-            raise ParameterError("method_ls='nnls_L0' needs the per-pixel energy yy")
-        keep = _prune_l0(W[:, :d], U[:, :d], V, mask, yy, sn, mm.T, K)
-        W[:, :d] *= keep
-        idx = torch.where(torch.gather(torch.cat([keep, zero_col.bool()], 1), 1, idx), idx,
-                          torch.full_like(idx, d))
-        hals_sparse_rows(W, U, V, sparse_groups, idx, n_iter=5, dense_groups=dense_groups,
-                         overlap=overlap)
-    W = (W[:, :d] / norms[:, None]).T
-    A_new, b_new = W[:, :K], W[:, K:].contiguous()
+        kept = _prune_l0_compact(W, U, Hb, Ub, V, idx, yy, sn, mm.T)
+        rows = torch.arange(K, device=dev)[:, None].expand_as(idx)
+        idx, W, U = pack_rows(rows[kept], idx[kept], K, d, W[kept], U[kept])
+        sparse_groups = [g for g in sparse_groups]
+        hals_sparse_rows(W, U, Hb, Ub, V, sparse_groups, idx, n_iter=5, **kw)
+    valid = idx < d
+    rows = torch.arange(K, device=dev)[:, None].expand_as(idx)
+    vals = (W / norms[:K, None])[valid]
+    pos = vals > 0
+    A_new = fp.from_entries(idx[valid][pos], rows[valid][pos], vals[pos], (d, K), A)
+    b_new = (Hb[:, :d] / norms[K:, None]).T.contiguous()
     A_new = threshold_components(A_new, mm.dims, medw, thr_method, maxthr, nrgthr,
                                  extract_cc, se, ss, peak_path=PEAK_PATH)
-    keep = (A_new > 0).any(0)
+    keep = fp.nonempty(A_new)
     return A_new, b_new, keep
 
 
@@ -293,7 +373,7 @@ def update_background(mm, A, b, C, f, b_mask=None, n_iter=10):
     if nb == 0:
         return b
     dev = b.device
-    P = mm.CYt(f) - (f @ C.T) @ A.T                   # (nb, d)
+    P = mm.CYt(f) - fp.matmul(A, C @ f.T).T           # (nb, d)
     Q = f @ f.T
     H = b.T.contiguous()
     mask = None if b_mask is None else b_mask.T.contiguous()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
+from . import footprints as fp
 from .hals import color_groups
 
 
@@ -113,11 +114,10 @@ def update_temporal(mm, A, b, C, f, *, p=2, ITER=2, method_deconvolution="oasis"
     TemporalResult
     """
     K = A.shape[1]
-    dev = A.device
-    Ab = torch.cat([A, b], 1)
+    dev = C.device
     if AtY is None:
-        AtY = mm.AtY(Ab)
-    AtA = Ab.T @ Ab
+        AtY = mm.AtY(A, b)
+    AtA = fp.gram(A, b)
     Ct = torch.cat([C, f], 0).clone()
     nA = torch.diagonal(AtA).clamp_min(1e-12)
     groups = color_groups(AtA.abs() > 1e-12 * float(nA.max()))
@@ -152,6 +152,5 @@ def update_temporal(mm, A, b, C, f, *, p=2, ITER=2, method_deconvolution="oasis"
 
 def compute_residuals(mm, A, b, C, f):
     """``YrA`` for the current model (one movie pass)."""
-    Ab = torch.cat([A, b], 1)
-    AtY = mm.AtY(Ab)
-    return residual_traces(AtY, Ab.T @ Ab, torch.cat([C, f], 0), A.shape[1])
+    AtY = mm.AtY(A, b)
+    return residual_traces(AtY, fp.gram(A, b), torch.cat([C, f], 0), A.shape[1])
