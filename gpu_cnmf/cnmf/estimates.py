@@ -478,16 +478,15 @@ class Estimates:
         """``A_thr``: each footprint median-filtered, cut below ``maxthr``
         times its peak, closed and reduced to its largest connected piece
         (``A`` itself is unchanged). Returns self."""
-        import torch
+        from . import footprints as fp
         from .spatial import threshold_components
         if self.A is None:
             raise ParameterError("threshold_spatial_components: no footprints A")
         if not 0 <= float(maxthr) <= 1:
             raise ParameterError(f"maxthr: expected a fraction in [0, 1], got {maxthr!r}")
-        A = torch.as_tensor(sp.csc_matrix(self.A).toarray(), dtype=torch.float32)
-        At = threshold_components(A, self.dims, medw=(3, 3), thr_method="max",
-                                  maxthr=float(maxthr), extract_cc=True)
-        self.A_thr = sp.csc_matrix(At.numpy())
+        At = threshold_components(fp.from_scipy(self.A, "cpu"), self.dims, medw=(3, 3),
+                                  thr_method="max", maxthr=float(maxthr), extract_cc=True)
+        self.A_thr = fp.to_scipy(At)
         return self
 
     def remove_small_large_neurons(self, min_size_neuro, max_size_neuro, select_comp=False):
@@ -606,7 +605,7 @@ class Estimates:
         dev = params.device()
         t = lambda x: None if x is None else torch.as_tensor(  # noqa: E731
             np.asarray(x, dtype=np.float32), device=dev)
-        model = Model(A=t(sp.csc_matrix(self.A).toarray()), C=t(self.C), b=t(self.b),
+        model = Model(A=fp.from_scipy(self.A, dev), C=t(self.C), b=t(self.b),
                       f=t(self.f), sn=t(self.sn), YrA=t(self.YrA), S=t(self.S), bl=t(self.bl),
                       c1=t(self.c1), g=t(self.g), neurons_sn=t(self.neurons_sn))
         cfg = {"merge": params.get_group("merge"), "temporal": params.get_group("temporal")}
