@@ -54,8 +54,8 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     sizes = np.bincount(labels, minlength=n)
     groups = [np.flatnonzero(labels == lab) for lab in np.flatnonzero(sizes >= 2)]
     if max_merge_area is not None and groups:
-        G = _indicator(groups, K, dev)
-        area = (fp.matmul(fp.indicator(A), G) > 0).sum(0).cpu().numpy()
+        _, _, _, _, _, um = _member_entries(A, groups)
+        area = torch.bincount(um, minlength=len(groups)).cpu().numpy()
         groups = [g for g, a in zip(groups, area) if a <= max_merge_area]
     return [torch.as_tensor(g, device=dev) for g in groups]
 
@@ -67,30 +67,65 @@ def _indicator(groups, K, device):
     return G
 
 
+def _member_entries(A, groups):
+    """Footprint entries of the grouped components, keyed by (group, pixel).
+
+    Returns ``(k, v, m, inv, up, um)``: component, value and group of each
+    entry, its index ``inv`` among the unique (group, pixel) pairs, and those
+    pairs' pixel ``up`` and group ``um`` (the union supports of the groups).
+    """
+    K, d = A.shape[1], A.shape[0]
+    dev = A.device
+    group_of = torch.full((K,), -1, dtype=torch.long, device=dev)
+    for m, g in enumerate(groups):
+        group_of[torch.as_tensor(g, device=dev)] = m
+    pix, comp, val = fp.entries(A)
+    m = group_of[comp]
+    sel = m >= 0
+    pix, k, v, m = pix[sel], comp[sel], val[sel], m[sel]
+    keys, inv = torch.unique(m * d + pix, return_inverse=True)
+    return k, v, m, inv, keys % d, keys // d
+
+
 def merge_rank1(A, Craw, groups, n_iter=_RANK1_ITERS):
     """Rank-1 nonnegative approximation of each group's ``A_g Craw_g``.
 
+    Alternates ``c_m = (a_m' A_g) Craw_g / ||a_m||^2`` and
+    ``a_m = A_g (Craw_g c_m') / ||c_m||^2`` on the entries of the group's
+    footprints only, so a merged footprint lives on the union of its
+    members' supports and nothing pixels x groups is formed.
+
     Parameters
     ----------
-    A : (d, K) tensor, Craw : (K, T) tensor
+    A : (d, K) tensor (dense or sparse), Craw : (K, T) tensor
     groups : list of index tensors
 
     Returns
     -------
-    Am : (d, M) dense unit-norm footprints, Cm : (M, T) traces
+    Am : (d, M) unit-norm footprints in ``A``'s layout, Cm : (M, T) traces
     """
-    K = A.shape[1]
+    K, d = A.shape[1], A.shape[0]
     dev = Craw.device
+    M = len(groups)
     G = _indicator([g.cpu().numpy() for g in groups], K, dev)
+    k, v, m, inv, up, um = _member_entries(A, groups)
+    U = up.numel()
+
+    def per_group(x):
+        return torch.zeros(M, device=dev).index_add_(0, um, x)
+
     # start: the group member with the largest energy
     energy = fp.sq_norms(A) * (Craw ** 2).sum(1)
     best = torch.argmax(energy[:, None] * G, 0)
-    am = fp.to_dense(fp.select(A, best)).clone()
-    cm = torch.zeros((G.shape[1], Craw.shape[1]), device=dev)
+    am = torch.zeros(U, device=dev).index_add_(0, inv, torch.where(k == best[m], v, 0.0))
+    cm = torch.zeros((M, Craw.shape[1]), device=dev)
     for _ in range(n_iter):
-        na = (am ** 2).sum(0).clamp_min(1e-12)
-        cm = ((fp.t_matmul(A, am).T * G.T) @ Craw).clamp_min(0) / na[:, None]
+        na = per_group(am ** 2).clamp_min(1e-12)
+        s = torch.zeros(K, device=dev).index_add_(0, k, am[inv] * v)     # a_m' a_k
+        cm = (G.T @ (s[:, None] * Craw)).clamp_min(0) / na[:, None]
         nc = (cm ** 2).sum(1).clamp_min(1e-12)
-        am = fp.matmul(A, (Craw @ cm.T) * G).clamp_min(0) / nc[None, :]
-    nrm = am.norm(dim=0).clamp_min(1e-12)
-    return am / nrm, cm * nrm[:, None]
+        w = ((Craw @ cm.T) * G)[k, m]                                    # c_k . c_m
+        am = torch.zeros(U, device=dev).index_add_(0, inv, v * w).clamp_min(0) / nc[um]
+    nrm = per_group(am ** 2).sqrt().clamp_min(1e-12)
+    Am = fp.from_entries(up, um, am / nrm[um], (d, M), A)
+    return Am, cm * nrm[:, None]

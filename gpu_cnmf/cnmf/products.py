@@ -363,13 +363,21 @@ class MovieMatrix:
         else:
             order = torch.argsort(pix)
             pix_s, row_s, ent_s = pix[order], row[order], ent[order]
+            slot = torch.empty(K, dtype=torch.long, device=self.device)
+            # pixels per product: only the components with entries there take
+            # part, and the (components x pixels) product stays ~64 MB
+            sub = max(self.dims[0], (1 << 24) // max(K, 1))
             for p0, p1, Yb in self.blocks():
-                a, b = (int(x) for x in torch.searchsorted(
-                    pix_s, torch.tensor([p0, p1], device=pix_s.device)))
-                if a == b:
-                    continue
-                Ub = C @ Yb.T                                   # (K, p1 - p0)
-                out[ent_s[a:b]] = Ub[row_s[a:b], pix_s[a:b] - p0]
+                for s0 in range(p0, p1, sub):
+                    s1 = min(p1, s0 + sub)
+                    a, b = (int(x) for x in torch.searchsorted(
+                        pix_s, torch.tensor([s0, s1], device=pix_s.device)))
+                    if a == b:
+                        continue
+                    rows = torch.unique(row_s[a:b])
+                    slot[rows] = torch.arange(rows.numel(), device=self.device)
+                    Ub = C[rows] @ Yb[s0 - p0:s1 - p0].T            # (rows, s1 - s0)
+                    out[ent_s[a:b]] = Ub[slot[row_s[a:b]], pix_s[a:b] - s0]
         if self.exclude is not None:
             out[ent] *= self.exclude[pix]
         return out.view(K, L)
