@@ -341,8 +341,12 @@ class _Stages:
         n = max(self.movie_elements, 1)
         self.passes[name] = ((io1["read"] - io0["read"]) / n,
                              (io1["written"] - io0["written"]) / n)
-        _log.info("[%d/%d] %s done in %.1f s (peak %.0f MiB, %.2f passes read, %.2f written)",
-                  i, self._n, name, self.timings[name], mem.peak / 1024**2, *self.passes[name])
+        if self.movie_elements:
+            _log.info("[%d/%d] %s done in %.1f s (peak %.0f MiB, %.2f passes read, %.2f written)",
+                      i, self._n, name, self.timings[name], mem.peak / 1024**2, *self.passes[name])
+        else:       # validation: the movie's size (and so a pass) is known only after it
+            _log.info("[%d/%d] %s done in %.1f s (peak %.0f MiB)",
+                      i, self._n, name, self.timings[name], mem.peak / 1024**2)
         if self._print:
             print(f"gpu-cnmf [{i}/{self._n}] {name} done in {self.timings[name]:.1f} s",
                   file=sys.stderr, flush=True)
@@ -457,6 +461,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     stages.movie_elements = int(T) * int(np.prod(dims))
     r, w = stages.passes["validate"]          # counted before the movie's size was known
     stages.passes["validate"] = (r / stages.movie_elements, w / stages.movie_elements)
+    _log.info("validate: %.2f passes read, %.2f written", *stages.passes["validate"])
     out_path = os.fspath(out_path)
     if keep_memmap:
         base_dir = Path(out_path).resolve().parent

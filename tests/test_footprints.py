@@ -65,10 +65,20 @@ def test_crop_apply_matches_whole_images(problem):
     np.testing.assert_array_equal(got, want)
 
 
+def _movie(mov, layout):
+    """The movie read frame-major (a C-order array) or pixel-major (the
+    pixels x T matrix the pipeline's memory map holds)."""
+    if layout == "frames":
+        return MovieMatrix(mov, "cpu")
+    Yr = np.ascontiguousarray(mov.reshape(mov.shape[0], -1, order="F").T)
+    return MovieMatrix(Yr, "cpu", dims=mov.shape[1:])
+
+
+@pytest.mark.parametrize("movie_layout", ["frames", "pixels"])
 @pytest.mark.parametrize("method_ls", ["lasso_lars", "nnls_L0"])
-def test_spatial_update_same_in_both_layouts(problem, method_ls):
+def test_spatial_update_same_in_both_layouts(problem, method_ls, movie_layout):
     mov, A, C, b, f, sn = problem
-    mm = MovieMatrix(mov, "cpu")
+    mm = _movie(mov, movie_layout)
     yy = torch.as_tensor((mov.reshape(mov.shape[0], -1, order="F").astype(np.float64) ** 2)
                          .sum(0), dtype=torch.float32)
     kw = dict(method_ls=method_ls, yy=yy)
@@ -105,11 +115,11 @@ def test_threshold_and_temporal_same_in_both_layouts(problem):
     Td = threshold_components(A, DIMS, peak_path=0.7)
     Ts = threshold_components(fp.to_sparse(A), DIMS, peak_path=0.7)
     np.testing.assert_array_equal(fp.to_dense(Ts).numpy(), Td.numpy())
-    mm = MovieMatrix(mov, "cpu")
-    rd = update_temporal(mm, A, b, C, f, p=1)
-    rs = update_temporal(mm, fp.to_sparse(A), b, C, f, p=1)
-    np.testing.assert_allclose(rs.C.numpy(), rd.C.numpy(), rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(rs.YrA.numpy(), rd.YrA.numpy(), rtol=1e-3, atol=1e-3)
+    rd = update_temporal(_movie(mov, "frames"), A, b, C, f, p=1)
+    for movie_layout in ("frames", "pixels"):
+        rs = update_temporal(_movie(mov, movie_layout), fp.to_sparse(A), b, C, f, p=1)
+        np.testing.assert_allclose(rs.C.numpy(), rd.C.numpy(), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(rs.YrA.numpy(), rd.YrA.numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_merge_same_in_both_layouts(problem):

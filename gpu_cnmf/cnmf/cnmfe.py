@@ -118,10 +118,13 @@ class RingCorrectedMovie:
                     out[K:, t0:t1] = b.T @ Yc
         return out
 
-    def CYt_at(self, C, idx):
-        """``(C Y')[r, idx[r, l]]`` (see :meth:`.products.MovieMatrix.CYt_at`)."""
+    def CYt_at(self, C, idx, Cb=None):
+        """``(C Y')[r, idx[r, l]]`` and optionally ``Cb Y'``, in one pass
+        (see :meth:`.products.MovieMatrix.CYt_at`)."""
         K, L = idx.shape
+        nb = 0 if Cb is None else Cb.shape[0]
         out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
+        outb = torch.zeros((nb, self.d), dtype=torch.float32, device=self.device)
         flat = idx.reshape(-1)
         ent = torch.nonzero(flat < self.d).flatten()
         pix, row = flat[ent], ent // L
@@ -130,13 +133,9 @@ class RingCorrectedMovie:
             for e0 in range(0, ent.numel(), step):
                 sl = slice(e0, e0 + step)
                 out[ent[sl]] += (C[row[sl], t0:t1] * Yc[pix[sl]]).sum(1)
-        return out.view(K, L)
-
-    def CYt(self, C):
-        out = torch.zeros((C.shape[0], self.d), dtype=torch.float32, device=self.device)
-        for t0, t1, Yc in self.chunks():
-            out.addmm_(C[:, t0:t1], Yc.T)
-        return out
+            if nb:
+                outb.addmm_(Cb[:, t0:t1], Yc.T)
+        return out.view(K, L) if Cb is None else (out.view(K, L), outb)
 
     def blocks(self):
         """Yield ``(p0, p1, Yb)``: pixel blocks of ``Y - B`` (all frames). When

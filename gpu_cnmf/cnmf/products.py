@@ -328,39 +328,46 @@ class MovieMatrix:
             out = out * self.exclude[None, :]
         return out
 
-    def CYt_at(self, C, idx):
-        """Entries of ``C Y'`` at given pixels: ``out[r, l] = (C Y')[r, idx[r, l]]``.
+    def CYt_at(self, C, idx, Cb=None):
+        """Entries of ``C Y'`` at given pixels: ``out[r, l] = (C Y')[r, idx[r, l]]``,
+        and optionally the whole ``Cb Y'`` of a few more rows, in one pass.
 
         The spatial update needs ``C Y'`` only on each component's support,
-        so the pixels x K product is never formed.
+        so the pixels x K product is never formed; the background rows
+        ``Cb`` (whole field) come from the same pass.
 
         Parameters
         ----------
         C : (K, T) tensor
         idx : (K, L) LongTensor of local Fortran pixels, padded with ``d``.
+        Cb : (nb, T) tensor, optional
 
         Returns
         -------
-        (K, L) tensor, 0 at the padding and at excluded pixels.
+        (K, L) tensor, 0 at the padding and at excluded pixels; with ``Cb``
+        also the (nb, d) tensor ``Cb Y'``.
         """
         K, L = idx.shape
+        nb = 0 if Cb is None else Cb.shape[0]
         out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
+        outb = torch.zeros((nb, self.d), dtype=torch.float32, device=self.device)
         flat = idx.reshape(-1)
         ent = torch.nonzero(flat < self.d).flatten()
-        if ent.numel() == 0:
-            return out.view(K, L)
         pix = flat[ent]
         row = ent // L
         if self.layout == "frames":
-            pc = self._c_order().argsort()[pix]           # C-order position of each entry
+            perm = self._c_order()
+            pc = perm.argsort()[pix]                      # C-order position of each entry
             # entries per gather chunk so one (frames x entries) gather stays small
             step = max(1, (1 << 24) // max(self.frames_per_block, 1))
             for t0, t1, Yf in self.frame_blocks():
-                Cb = C[:, t0:t1]
+                Ct = C[:, t0:t1]
                 for e0 in range(0, ent.numel(), step):
                     sl = slice(e0, e0 + step)
-                    out[ent[sl]] += (Cb[row[sl]].T * Yf[:, pc[sl]]).sum(0)
-        else:
+                    out[ent[sl]] += (Ct[row[sl]].T * Yf[:, pc[sl]]).sum(0)
+                if nb:
+                    outb[:, perm] += Cb[:, t0:t1] @ Yf
+        elif ent.numel() or nb:
             order = torch.argsort(pix)
             pix_s, row_s, ent_s = pix[order], row[order], ent[order]
             slot = torch.empty(K, dtype=torch.long, device=self.device)
@@ -368,6 +375,8 @@ class MovieMatrix:
             # part, and the (components x pixels) product stays ~64 MB
             sub = max(self.dims[0], (1 << 24) // max(K, 1))
             for p0, p1, Yb in self.blocks():
+                if nb:
+                    outb[:, p0:p1] = Cb @ Yb.T
                 for s0 in range(p0, p1, sub):
                     s1 = min(p1, s0 + sub)
                     a, b = (int(x) for x in torch.searchsorted(
@@ -380,7 +389,8 @@ class MovieMatrix:
                     out[ent_s[a:b]] = Ub[slot[row_s[a:b]], pix_s[a:b] - s0]
         if self.exclude is not None:
             out[ent] *= self.exclude[pix]
-        return out.view(K, L)
+            outb *= self.exclude[None, :]
+        return out.view(K, L) if Cb is None else (out.view(K, L), outb)
 
     def release(self):
         """Drop resident device blocks and staging buffers."""

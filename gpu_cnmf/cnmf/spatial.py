@@ -319,8 +319,8 @@ def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandC
     Cn = Ct / norms[:, None]
     V = Cn @ Cn.T
     zero_col = torch.zeros((nb, 1), device=dev)
-    U = mm.CYt_at(Cn[:K], idx)                                   # (K, L)
-    Ub = torch.cat([mm.CYt(Cn[K:]), zero_col], 1)               # (nb, d + 1)
+    U, Ub = mm.CYt_at(Cn[:K], idx, Cn[K:])                      # (K, L), (nb, d)
+    Ub = torch.cat([Ub, zero_col], 1)
     apix, acomp, aval = fp.entries(A)
     pos, found = lookup(acomp * (d + 1) + apix,
                         torch.arange(K, device=dev)[:, None] * (d + 1) + idx)
