@@ -120,11 +120,14 @@ def parse_summary(stdout: str) -> dict:
     return stages
 
 
-def run(kind, files, limit, work: Path, code: Path, timeout: float) -> dict:
+def run(kind, files, limit, work: Path, code: Path, timeout: float,
+        memmap_dtype: str = "float32") -> dict:
     from gpu_cnmf.memwatch import PeakMemory
 
     t = np.load(files["truth"])
     params = movie_params(kind, float(t["gSig"]), float(t["fr"]), float(t["decay_time"]))
+    if memmap_dtype != "float32":   # (a checkout from before the half-size store lacks it)
+        params["memmap_dtype"] = memmap_dtype
     pfile = work / f"params_{kind}.json"
     pfile.write_text(json.dumps(params))
     out = work / (Path(files["movie"]).stem + "_results.hdf5")
@@ -146,6 +149,7 @@ def run(kind, files, limit, work: Path, code: Path, timeout: float) -> dict:
             stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     rec = {"kind": kind, "limit": limit, "code": str(code), "rc": proc.returncode,
+           "memmap_dtype": memmap_dtype,
            "wall_s": wall, "peak_anon_MiB": mem.peak / 2**20, "samples": mem.n_samples,
            "stages": parse_summary(stdout), "stderr_tail": stderr[-1500:]}
     if proc.returncode == 0:
@@ -196,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse an existing movie")
     ap.add_argument("--timeout", type=float, default=6 * 3600)
     ap.add_argument("--json", default=None, help="append the record to this file")
+    ap.add_argument("--memmap-dtype", default="float32", choices=("float32", "float16"),
+                    help="element type of the corrected movie's memory map")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -204,7 +210,8 @@ def main(argv=None) -> int:
     movie_bytes = args.frames * int(np.prod(dims)) * 4
     print(f"movie {files['movie']}: {movie_bytes / 2**30:.2f} GiB as float32"
           + (f", written in {files['write_s']:.0f} s" if files["write_s"] else ""), flush=True)
-    rec = run(args.kind, files, args.limit, work, Path(args.code), args.timeout)
+    rec = run(args.kind, files, args.limit, work, Path(args.code), args.timeout,
+              args.memmap_dtype)
     rec.update(frames=args.frames, dims=dims, movie_GiB=movie_bytes / 2**30,
                date=time.strftime("%Y-%m-%d %H:%M"))
     print(json.dumps({k: v for k, v in rec.items() if k != "stderr_tail"}, indent=1))

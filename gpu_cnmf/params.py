@@ -340,6 +340,9 @@ GROUPS = {
         "is3D": (False, _bool()),
         "max_deviation_rigid": (3, _int(0)),
         "max_shifts": ((6, 6), _seq(_int(0))),
+        # element type of the corrected movie's memory map: 'float16' halves
+        # its size on disk and the bytes every later pass reads
+        "memmap_dtype": ("float32", _enum("float32", "float16")),
         "min_mov": (None, _num(none=True)),
         "niter_rig": (1, _int(1)),
         "nonneg_movie": (True, _bool()),
@@ -382,7 +385,8 @@ GROUPS = {
 # Parameters gpu_cnmf adds to CaImAn's (group, name): not in CaImAn's table,
 # ignored by CaImAn if a JSON file with them is read there.
 EXTENSIONS = {("patch", "memory_limit"), ("patch", "device_memory_limit"),
-              ("data", "plane"), ("data", "channel"), ("data", "nwb_series")}
+              ("data", "plane"), ("data", "channel"), ("data", "nwb_series"),
+              ("motion", "memmap_dtype")}
 
 # Flat name -> groups holding it (several for the shared parameters).
 _OWNERS: dict[str, list[str]] = {}

@@ -227,3 +227,41 @@ def test_stage_out_of_memory_retries_with_half_the_budget(tmp_path, monkeypatch)
     with pytest.raises(DeviceError, match=r"evaluation: out of device memory.*needed about"):
         run_pipeline(tmp_path / "m.npy", params, tmp_path / "r2.hdf5", progress=False)
     assert not (tmp_path / "r2.hdf5").exists()
+
+
+def test_half_size_store_halves_the_memmap_and_keeps_accuracy(tmp_path):
+    """``motion.memmap_dtype='float16'``: the corrected movie's memory map is
+    half the size, read back as float16, and the results match float32's."""
+    from gpu_cnmf.io import load_memmap, load_results
+    from gpu_cnmf.metrics import roi_f1
+    from gpu_cnmf.pipeline import run_pipeline
+    from gpu_cnmf.synthetic import make_movie
+
+    dims = (64, 64)
+    movie, truth = make_movie("2p", dims=dims, n_frames=300, n_neurons=10, p=1, seed=2)
+    np.save(tmp_path / "m.npy", movie)
+    out = {}
+    for dt in ("float32", "float16"):
+        params = CNMFParams(params_dict={"gSig": [4, 4], "K": 12, "p": 1, "nb": 1,
+                                         "memmap_dtype": dt, "max_shifts": [4, 4]})
+        res = run_pipeline(tmp_path / "m.npy", params, tmp_path / f"r_{dt}.hdf5",
+                           progress=False, keep_memmap=True)
+        mmap = [p for p in tmp_path.glob("r_" + dt + "*.mmap")]
+        assert len(mmap) == 1
+        Yr, mdims, T = load_memmap(mmap[0])
+        assert Yr.dtype == np.dtype(dt) and tuple(mdims) == dims and T == 300
+        est = load_results(res.out_path)["estimates"]
+        out[dt] = (mmap[0].stat().st_size, roi_f1(truth.A, est["A"], dims)["f1"])
+    assert out["float16"][0] * 2 == out["float32"][0]
+    assert out["float32"][1] >= 0.8
+    assert abs(out["float16"][1] - out["float32"][1]) <= 0.05
+
+
+def test_half_size_store_refuses_values_beyond_float16(tmp_path):
+    from gpu_cnmf.io import MemmapWriter
+
+    frames = np.full((4, 8, 8), 7.0e4, dtype=np.float32)
+    with pytest.raises(ParameterError, match=r"memmap_dtype='float32'"):
+        with MemmapWriter(tmp_path / "Yr", (8, 8), 4, order="C", dtype=np.float16) as w:
+            w.write(0, frames)
+    assert not list(tmp_path.iterdir())

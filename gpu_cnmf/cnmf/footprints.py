@@ -72,15 +72,6 @@ def from_entries(pix, comp, val, shape, like):
     return out
 
 
-def empty_like(A, K=0):
-    """(d, K) zero footprints in ``A``'s layout."""
-    d = A.shape[0]
-    if is_sparse(A):
-        return coo(torch.zeros((2, 0), dtype=torch.long, device=A.device),
-                   torch.zeros(0, device=A.device), (d, K))
-    return torch.zeros((d, K), device=A.device)
-
-
 def select(A, keep):
     """Columns of ``A`` where the bool tensor ``keep`` is True (or at the
     given indices)."""

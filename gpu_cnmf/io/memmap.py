@@ -86,7 +86,13 @@ def parse_mmap_name(path: str | os.PathLike) -> dict:
             "dims": (d1, d2) if d3 == 1 else (d1, d2, d3)}
 
 
-def load_memmap(path: str | os.PathLike, mode: str = "r", dtype=np.float32):
+# Element types a memmap may hold, told apart by the file's size: CaImAn's
+# float32, and the half-size store (``motion.memmap_dtype='float16'``).
+MEMMAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def load_memmap(path: str | os.PathLike, mode: str = "r", dtype=None):
     """Map a CaImAn memmap file.
 
     Parameters
@@ -96,7 +102,8 @@ def load_memmap(path: str | os.PathLike, mode: str = "r", dtype=np.float32):
     mode : {'r', 'r+', 'c'}
         As for ``np.memmap``.
     dtype
-        Element type; CaImAn's files are float32.
+        Element type; by default float32 (CaImAn's files) or float16 (the
+        half-size store), whichever the file's size matches.
 
     Returns
     -------
@@ -116,8 +123,11 @@ def load_memmap(path: str | os.PathLike, mode: str = "r", dtype=np.float32):
     if not os.path.isfile(path):
         raise MovieError(f"{path}: memmap file not found")
     d = info["d1"] * info["d2"] * info["d3"]
-    expected = d * info["T"] * np.dtype(dtype).itemsize
     size = os.path.getsize(path)
+    if dtype is None:
+        dtype = next((t for t in MEMMAP_DTYPES if size == d * info["T"] * t.itemsize),
+                     MEMMAP_DTYPES[0])
+    expected = d * info["T"] * np.dtype(dtype).itemsize
     if size != expected:
         what = "truncated" if size < expected else "larger than its name says"
         raise MovieError(f"{path}: file is {what}: {size} bytes, but its name says "
@@ -297,6 +307,12 @@ class MemmapWriter:
                                  f"for {self.path}, got {frames.shape}")
         n = frames.shape[0]
         start = int(start)
+        if self.dtype == np.float16 and frames.size:
+            peak = float(np.nanmax(np.abs(frames)))
+            if peak > FLOAT16_MAX:
+                raise ParameterError(
+                    f"{self.path}: the movie reaches {peak:.6g}, beyond float16's "
+                    f"{FLOAT16_MAX:.0f}: store it as float32 (motion.memmap_dtype='float32')")
         count_movie_io(written=frames.size)
         if not 0 <= start <= start + n <= self.n_frames:
             raise ParameterError(f"start: frames {start}:{start + n} do not fit in the "

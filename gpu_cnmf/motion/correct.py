@@ -59,6 +59,9 @@ class MotionCorrect:
     a list of paths, an array ``(T, *dims)`` or an opened movie
     (:func:`gpu_cnmf.io.open_movie`); ``plane`` and ``channel`` pick one of a
     multi-plane / multi-channel recording (``data.plane``, ``data.channel``).
+    ``memmap_dtype='float16'`` writes the corrected movie at half the size
+    (a value beyond float16's 65504 is an error naming the parameter; the
+    rounding is 2^-11 of the value, far below shot noise).
 
     Attributes after :meth:`motion_correct`: ``shifts_rig`` (T, ndim),
     ``x_shifts_els``/``y_shifts_els``(/``z_shifts_els``) (T, n_patches) when
@@ -84,7 +87,8 @@ class MotionCorrect:
                  nonneg_movie=True, gSig_filt=None, use_cuda=False, border_nan=True,
                  pw_rigid=False, num_frames_split=80, var_name_hdf5="mov", is3D=False,
                  indices=(slice(None), slice(None)), base_name=None, chunk_frames=None,
-                 progress=True, plane=None, channel=None, save_order="F", summary=False):
+                 progress=True, plane=None, channel=None, save_order="F", summary=False,
+                 memmap_dtype="float32"):
         self.fname = fname if isinstance(fname, (list, tuple, np.ndarray)) else [fname]
         self.source = open_movie(fname, var_name_hdf5=var_name_hdf5, plane=plane,
                                  channel=channel)
@@ -133,6 +137,10 @@ class MotionCorrect:
         if save_order not in ("C", "F"):
             raise ParameterError(f"save_order: expected 'C' or 'F', got {save_order!r}")
         self.save_order = save_order
+        if memmap_dtype not in ("float32", "float16"):
+            raise ParameterError(f"memmap_dtype: expected 'float32' or 'float16', got "
+                                 f"{memmap_dtype!r}")
+        self.memmap_dtype = np.dtype(memmap_dtype)
         self.summary = bool(summary)
         self.summary_images = None
         self._moments = None
@@ -511,7 +519,7 @@ class MotionCorrect:
         if suffix:
             # order C: the pixels x T file CNMF reads, written in T-blocks
             writer = MemmapWriter(self._base(suffix), self.dims, self.source.n_frames,
-                                  order=self.save_order,
+                                  order=self.save_order, dtype=self.memmap_dtype,
                                   buffer_frames="auto" if self.save_order == "C" else None)
             if self.summary:
                 from ..summary import PixelMoments, neighbour_offsets
@@ -628,8 +636,8 @@ class MotionCorrect:
                             else self.total_template_rig, pw_rigid)
         T = src.n_frames
         chunk = self._chunk(copies=12)
-        writer = (MemmapWriter(base_name or self._base("applied"), self.dims, T, order=order)
-                  if save_memmap else None)
+        writer = (MemmapWriter(base_name or self._base("applied"), self.dims, T, order=order,
+                               dtype=self.memmap_dtype) if save_memmap else None)
         out = None if save_memmap else np.empty((T,) + self.dims, np.float32)
         # CaImAn: with remove_min a movie with negative values is offset so
         # its minimum (over frames spread through the movie) is 0
