@@ -121,43 +121,42 @@ def test_pipeline_on_hard_2p(tmp_path):
 
 
 def test_pipeline_on_hard_1p(tmp_path):
-    # measured (CNMF-E on patches, main at 973ce70): F1 accepted 0.60, all
-    # 0.36 (38 found, 18 accepted, 12 true; precision 0.5, recall 0.75),
-    # trace r 0.968, fragmented 3/18 (the earlier CNMF-E: 0.696 / 0.385,
-    # 2/11, and 4/11 before the peak-path rule of
-    # cnmf.spatial.threshold_components; the 10 % target is not met)
+    # measured with the first seed search on Y - B (issue 15, session 6):
+    # F1 accepted 0.857, all 0.80 (13 found, 9 accepted, 12 true; precision
+    # 1.0, recall 0.75), trace r 0.962, fragmented 2/9. Before (seeds from
+    # the raw movie, where vessel-shadow edges seed false neurons): 0.60 /
+    # 0.36, 38 found, 18 accepted, trace r 0.968, fragmented 3/18; the 10 %
+    # fragmentation target is not met.
     s = _run("1p", tmp_path, **HARD_1P)
-    assert s["f1"] >= 0.50
-    assert s["f1_all"] >= 0.30
+    assert s["f1"] >= 0.75
+    assert s["f1_all"] >= 0.70
     assert s["trace_r"] >= 0.93
     assert s["fragmented"] <= 0.30
 
 
-def test_threshold_keeps_one_piece_around_the_peak():
+def test_merging_does_not_chain_through_mixed_components():
+    """Two neighbours with independent activity and, between them, components
+    whose traces mix both (footprints straddling the two cells): each link
+    of the chain correlates above the threshold, but the two neighbours must
+    not merge into one (complete linkage of the linked group), while a true
+    duplicate still merges."""
     import torch
 
-    from gpu_cnmf.cnmf.morphology import reconstruct_from_peak
-    from gpu_cnmf.cnmf.spatial import PEAK_PATH, threshold_components
+    from gpu_cnmf.cnmf.merging import find_merges
 
-    d = (24, 24)
-    yy, xx = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
-    cell = np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / (2 * 2.5 ** 2))
-    ring = cell * (1 - 0.6 * np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / (2 * 1.25 ** 2)))
-    low = 0.03 * (np.hypot(yy - 8, xx - 8) < 16)        # the support's noisy fringe
-    speck = np.zeros(d)
-    speck[18, 18] = 0.4                                  # joined only through the fringe
-    imgs = [cell + low + speck, ring + low]
-    A = torch.as_tensor(np.stack([im.ravel(order="F") for im in imgs], 1), dtype=torch.float32)
-    plain = threshold_components(A, d).numpy()          # CaImAn's rule alone
-    assert plain[18 + 18 * 24, 0] > 0 and footprint_pieces(plain, d)[0] == 2
-    out = threshold_components(A, d, peak_path=PEAK_PATH).numpy()
-    assert out[18 + 18 * 24, 0] == 0                     # the speck is gone
-    np.testing.assert_array_equal(footprint_pieces(out, d), [1, 1])
-    assert (np.abs(out[:, 0] - A[:, 0].numpy())[np.hypot(yy - 8, xx - 8).ravel(order="F") < 6]
-            ).max() == 0                                  # the cell itself is untouched
-    assert out[8 + 8 * 24, 1] > 0                        # a ring keeps its dim nucleus
-    x = torch.as_tensor(np.stack(imgs), dtype=torch.float32)
-    R = reconstruct_from_peak(x, torch.ones(3, 3, dtype=torch.bool))
-    assert torch.all(R <= x + 1e-7)
-    assert float(R[0, 18, 18]) < 0.05          # reached only through the 0.03 fringe
-    assert float(R[0, 8, 8]) == pytest.approx(float(x[0, 8, 8]))
+    rng = np.random.default_rng(0)
+    T = 500
+    c1, c2 = rng.exponential(1.0, T), rng.exponential(1.0, T)
+    C = np.stack([c1, c1 + 0.45 * c2, c1 + c2, 0.45 * c1 + c2, c2,
+                  c1 + 0.02 * rng.standard_normal(T)])
+    A = np.zeros((40, 6))
+    for k in range(5):
+        A[6 * k:6 * k + 12, k] = 1.0
+    A[2:10, 5] = 1.0
+    r = np.corrcoef(C)
+    assert all(r[k, k + 1] > 0.85 for k in range(4)) and abs(r[0, 4]) < 0.2
+    t = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    groups = [set(g.tolist()) for g in find_merges(t(A), t(C), thr=0.85)]
+    assert groups and all(not ({0, 4} <= g) for g in groups)
+    assert all(not ({0, 2} <= g or {2, 4} <= g) for g in groups)
+    assert any({0, 5} <= g for g in groups)                # the true duplicate merges

@@ -404,7 +404,11 @@ def test_seed_kernel_filters():
 
 # The whole-field fit of the module's movie scored F1 0.980 and median trace
 # correlation 0.971 (benchmarks/bench_cnmfe_patches.py, before patches existed).
-WHOLE_FIELD_F1, WHOLE_FIELD_R = 0.98, 0.97
+# Since the first seed search runs on the movie minus its ring background
+# (issue 15: on the hard 1p movies F1 of all components 0.36 -> 0.80), one
+# borderline cell of this movie (local correlation 0.833 on the raw movie,
+# 0.800 after the ring) is no longer seeded: F1 0.960, trace r 0.966-0.968.
+WHOLE_FIELD_F1, WHOLE_FIELD_R = 0.96, 0.96
 
 
 def test_cnmfe_on_patches_streams_the_background(movie, monkeypatch):

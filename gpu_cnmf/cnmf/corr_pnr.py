@@ -20,6 +20,17 @@ the footprint, and the trace is re-read from the background-corrected box
 through it. The neuron is subtracted from the raw and filtered movies and
 the images are recomputed before the next seeds are taken.
 
+The first search runs on ``Y - B``, ``B`` the ring background
+(:mod:`.ring_model`) fitted to the raw movie before any neuron is known: the
+ring lies beyond a neuron's box, so it predicts each pixel from the light
+shared around it and not from the neuron there. Without it the seed filter
+passes the sharp edges of the shared light (blood-vessel shadows on a
+fluctuating background, out-of-focus cells), whose fluctuations look like
+neurons in both images (local correlation 0.95-0.99, PNR 10-15 on the hard
+one-photon movies of :func:`gpu_cnmf.synthetic.hard_1p`). Only the images
+and the seeds' traces come from ``Y - B``; footprints are regressed on the
+raw movie as above.
+
 The paper takes one seed at a time. Here each round takes every seed whose
 ``gSiz`` box is disjoint from the boxes of better seeds of the round (their
 fits do not interact), fits all of them in one batch, subtracts them and
@@ -414,7 +425,7 @@ def fit_seeds(Yres, Yf, seeds, gSig, gSiz, min_pixels):
 
 
 def greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked, max_neurons=None,
-                  noise_range=(0.25, 0.5), noise_method="mean", return_images=False):
+                  noise_range=(0.25, 0.5), noise_method="mean", return_images=False, Yf=None):
     """Rounds of seeding, fitting and subtracting on a raw residual movie.
 
     Parameters
@@ -427,6 +438,9 @@ def greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked, max_neur
         Pixels not to seed from; updated in place around every seed tried.
     max_neurons : int, optional
         Stop after this many neurons.
+    Yf : (T, d1, d2) tensor, optional
+        The filtered movie the seed images and traces come from (modified
+        in place), when not the filtered ``Yres``.
 
     Returns
     -------
@@ -435,7 +449,8 @@ def greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked, max_neur
     """
     T, h, w = Yres.shape
     dev = Yres.device
-    Yf = filter_movie(Yres, kernel)
+    if Yf is None:
+        Yf = filter_movie(Yres, kernel)
     sn = frame_noise(Yf, noise_range, noise_method)
     min_pixels = max(4, int(round(0.5 * gSig[0] * gSig[1])))
     yy = torch.arange(h, device=dev, dtype=torch.float32)[:, None]
@@ -539,12 +554,27 @@ def initialize_corr_pnr(Y, gSig, gSiz=None, min_corr=0.8, min_pnr=10.0, ring_siz
         raise ParameterError(f"border_pix: expected an int >= 0, got {border_pix!r}")
     if bp:
         blocked[:bp], blocked[-bp:], blocked[:, :bp], blocked[:, -bp:] = True, True, True, True
+    # The first search already runs on Y - B: the ring background of the
+    # raw movie (no neurons yet). The ring lies beyond a neuron's box, so it
+    # predicts each pixel from the light shared around it (the diffuse
+    # background, out-of-focus cells, and what vessel shadows make of their
+    # fluctuations) but not from the neuron at that pixel. On the raw
+    # movie the seed filter passes the sharp edges of that shared light,
+    # which fluctuate with it and seed as many false neurons as true ones.
+    # Only the seed images and the seeds' traces come from Y - B: the
+    # footprints are still regressed on the raw movie (with a local
+    # background trace, see fit_seeds), since the ring, fitted before any
+    # neuron is known, also absorbs a little of each neuron it surrounds.
+    empty_b, empty_f = Ymat.new_zeros((d, 0)), Ymat.new_zeros((0, T))
+    ring0 = fit_ring(Ymat, empty_b, empty_f, dims, radius, ssub_B)
+    Yf = filter_movie(_frames_view(subtract_background(ring0, Ymat), dims), kernel)
+    del ring0
     Yres = _frames_view(Ymat, dims).contiguous()
     A_img, C, info = greedy_search(Yres, gSig, gSiz, min_corr, min_pnr, kernel, blocked,
-                                   K, noise_range, noise_method)
+                                   K, noise_range, noise_method, Yf=Yf)
+    del Yf
     extra = dict(Cn=info["Cn"], pnr=info["pnr"], seeds=[info["seeds"]], rounds=[info["rounds"]])
     A = from_images(A_img).contiguous()
-    empty_b, empty_f = Ymat.new_zeros((d, 0)), Ymat.new_zeros((0, T))
     for _ in range(int(init_iter) - 1):
         ring = fit_ring(Ymat, A, C, dims, radius, ssub_B)
         Yhat = subtract_background(ring, Ymat, A, C)

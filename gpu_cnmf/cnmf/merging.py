@@ -2,7 +2,10 @@
 
 Two components are linked when their footprints overlap and their traces
 correlate at ``thr`` or more; both tests come from K x K products
-(``(A>0)'(A>0)`` and ``C C'``). Each connected group of links (smaller than
+(``(A>0)'(A>0)`` and ``C C'``). Each connected group of links is split by
+complete linkage into clusters whose traces all correlate at ``thr``
+(:func:`_complete_linkage`: a chain through a component that mixes two
+neighbours must not merge the neighbours), and each cluster (smaller than
 ``max_merge_area`` pixels in union) becomes one component: the best
 rank-1 nonnegative approximation of ``sum_k a_k (c_k + YrA_k)`` over the
 group, computed for all groups at once with an indicator matrix, whose
@@ -52,12 +55,50 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     graph = coo_matrix((np.ones(ii.size), (ii, jj)), shape=(K, K))
     n, labels = connected_components(graph, directed=False)
     sizes = np.bincount(labels, minlength=n)
-    groups = [np.flatnonzero(labels == lab) for lab in np.flatnonzero(sizes >= 2)]
+    corr_np = corr.cpu().numpy()
+    link_np = link.cpu().numpy()
+    groups = []
+    for lab in np.flatnonzero(sizes >= 2):
+        members = np.flatnonzero(labels == lab)
+        groups.extend(_complete_linkage(members, corr_np, link_np, thr))
     if max_merge_area is not None and groups:
         _, _, _, _, _, um = _member_entries(A, groups)
         area = torch.bincount(um, minlength=len(groups)).cpu().numpy()
         groups = [g for g, a in zip(groups, area) if a <= max_merge_area]
     return [torch.as_tensor(g, device=dev) for g in groups]
+
+
+def _complete_linkage(members, corr, link, thr):
+    """Split a connected group of linked components into clusters whose
+    every pair of traces correlates at ``thr`` or more.
+
+    Linking alone chains neighbours: a component whose trace mixes two
+    adjacent neurons (a footprint straddling both) correlates with each,
+    and the connected group would merge two distinct neurons into one
+    blob. Clusters grow from the most correlated linked pair, joining two
+    clusters only when they are linked and all their cross pairs pass
+    ``thr`` (complete linkage), so only components carrying the same
+    activity merge.
+    """
+    if members.size == 2:
+        return [members]
+    sub = corr[np.ix_(members, members)]
+    lk = link[np.ix_(members, members)]
+    clusters = [[i] for i in range(members.size)]
+    label = np.arange(members.size)
+    pairs = np.argwhere(np.triu(lk, 1))
+    order = np.argsort(-sub[pairs[:, 0], pairs[:, 1]], kind="stable")
+    for i, j in pairs[order]:
+        a, b = label[i], label[j]
+        if a == b:
+            continue
+        ca, cb = clusters[a], clusters[b]
+        if sub[np.ix_(ca, cb)].min() < thr:
+            continue
+        clusters[a] = ca + cb
+        clusters[b] = []
+        label[cb] = a
+    return [members[np.asarray(c)] for c in clusters if len(c) >= 2]
 
 
 def _indicator(groups, K, device):
