@@ -130,7 +130,9 @@ def main(argv=None):
     for t, e in lost:
         print(f"  true {t} (centre {np.round(truth.centers[t], 1)}) -> comp {e} rejected: "
               f"SNR {est.SNR_comp[e]:.2f} (min {q['min_SNR']}), r {est.r_values[e]:.2f} "
-              f"(thr {q['rval_thr']})")
+              f"(thr {q['rval_thr']})" + (f", CNN {est.cnn_preds[e]:.2f} (accept >= "
+                                          f"{q['min_cnn_thr']}, reject < {q['cnn_lowest']})"
+                                          if q["use_cnn"] else ""))
     fp = sorted(set(good) - set(np.asarray(r_all["matched_est"])))
     cen = _centres(est.A, truth.dims)
     for e in fp:
@@ -145,8 +147,10 @@ def main(argv=None):
         print(f"  missed true {t} at {np.round(truth.centers[t], 1)} peak C {truth.C[t].max():.1f}"
               f" sigma {np.round(truth.sigmas[t], 1)}{rr}; nearest comp {dist.argmin()} at "
               f"{dist.min():.1f} px")
+    print(f"true peak C: median {np.median(truth.C.max(1)):.1f}, lowest "
+          f"{np.round(np.sort(truth.C.max(1))[:6], 1)}")
     print(f"total {time.perf_counter() - t0:.0f} s")
-    return dict(f1_all=r_all["f1"], f1=r_acc["f1"])
+    return dict(f1_all=r_all["f1"], f1=r_acc["f1"], est=est, truth=truth, matched=r_all)
 
 
 if __name__ == "__main__":

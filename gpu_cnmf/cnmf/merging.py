@@ -1,12 +1,13 @@
 """Merging components that are one neuron split in two (or found twice).
 
-Two components are linked when their footprints overlap and their traces
-correlate at ``thr`` or more; both tests come from K x K products
-(``(A>0)'(A>0)`` and ``C C'``). Each connected group of links is split by
-complete linkage into clusters whose traces all correlate at ``thr``
-(:func:`_complete_linkage`: a chain through a component that mixes two
-neighbours must not merge the neighbours), and each cluster (smaller than
-``max_merge_area`` pixels in union) becomes one component: the best
+Two components are linked when their footprints overlap (the parts at or
+above ``OVERLAP_REL`` of each one's peak share a pixel) and their traces
+correlate at ``thr`` or more; both tests come from K x K products (``M'M``
+of those masks and ``C C'``). Each connected group of links is split into
+clusters whose members all overlap pairwise and whose traces correlate at
+``thr`` on average (:func:`_clusters`: a chain through a component that
+straddles two neighbours must not merge the neighbours), and each cluster
+(smaller than ``max_merge_area`` pixels in union) becomes one component: the best
 rank-1 nonnegative approximation of ``sum_k a_k (c_k + YrA_k)`` over the
 group, computed for all groups at once with an indicator matrix, whose
 trace is then deconvolved again.
@@ -21,6 +22,13 @@ from scipy.sparse.csgraph import connected_components
 from . import footprints as fp
 
 _RANK1_ITERS = 15
+# Footprints overlap when the parts of them at or above this fraction of
+# their own peak share a pixel. Supports (A > 0) reach far into the faint
+# tails, so with them two distinct cells whose activity correlates (two
+# cells 20 px apart with traces correlated 0.98 on the hard two-photon
+# movies) would be one neuron; 0.2 of the peak is where the ROI masks of
+# the scores (metrics.binary_masks) and CaImAn's contours are drawn.
+OVERLAP_REL = 0.2
 
 
 def find_merges(A, C, thr=0.8, max_merge_area=None):
@@ -42,7 +50,7 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     if K < 2:
         return []
     dev = C.device
-    overlap = fp.overlap_counts(A) > 0
+    overlap = fp.overlap_counts(_cores(A)) > 0
     Cc = C - C.mean(1, keepdim=True)
     nrm = Cc.norm(dim=1).clamp_min(1e-12)
     corr = (Cc @ Cc.T) / (nrm[:, None] * nrm[None, :])
@@ -56,11 +64,10 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     n, labels = connected_components(graph, directed=False)
     sizes = np.bincount(labels, minlength=n)
     corr_np = corr.cpu().numpy()
-    link_np = link.cpu().numpy()
+    over_np = overlap.cpu().numpy()
     groups = []
     for lab in np.flatnonzero(sizes >= 2):
-        members = np.flatnonzero(labels == lab)
-        groups.extend(_complete_linkage(members, corr_np, link_np, thr))
+        groups.extend(_clusters(np.flatnonzero(labels == lab), corr_np, over_np, thr))
     if max_merge_area is not None and groups:
         _, _, _, _, _, um = _member_entries(A, groups)
         area = torch.bincount(um, minlength=len(groups)).cpu().numpy()
@@ -68,32 +75,44 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     return [torch.as_tensor(g, device=dev) for g in groups]
 
 
-def _complete_linkage(members, corr, link, thr):
-    """Split a connected group of linked components into clusters whose
-    every pair of traces correlates at ``thr`` or more.
+def _cores(A):
+    """Indicator (layout of ``A``) of each footprint's pixels at or above
+    ``OVERLAP_REL`` of its peak."""
+    pix, comp, val = fp.entries(A)
+    peak = torch.zeros(A.shape[1], dtype=val.dtype, device=val.device)
+    peak = peak.scatter_reduce(0, comp, val, reduce="amax", include_self=True)
+    sel = val >= OVERLAP_REL * peak[comp]
+    return fp.from_entries(pix[sel], comp[sel], torch.ones_like(val[sel]), tuple(A.shape), A)
 
-    Linking alone chains neighbours: a component whose trace mixes two
-    adjacent neurons (a footprint straddling both) correlates with each,
-    and the connected group would merge two distinct neurons into one
-    blob. Clusters grow from the most correlated linked pair, joining two
-    clusters only when they are linked and all their cross pairs pass
-    ``thr`` (complete linkage), so only components carrying the same
-    activity merge.
+
+def _clusters(members, corr, overlap, thr):
+    """Split a connected group of linked components into the clusters that
+    merge: every two members of a cluster overlap, and the mean correlation
+    between the traces of two clusters that join is at least ``thr``.
+
+    Linking alone chains neighbours: a component whose footprint straddles
+    two neurons (a copy cut by a patch's edge, or a trace mixing both) is
+    linked to each, and the connected group would merge two distinct
+    neurons into one two-lobed blob, even neurons 20 px apart when their
+    activity is alike. Clusters grow from the most correlated linked pair
+    (average linkage on the correlations, complete linkage on the overlaps),
+    so copies of one compact neuron merge, even one whose trace is a little
+    noisier than the others', and distinct neighbours do not.
     """
     if members.size == 2:
         return [members]
     sub = corr[np.ix_(members, members)]
-    lk = link[np.ix_(members, members)]
+    ov = overlap[np.ix_(members, members)]
     clusters = [[i] for i in range(members.size)]
     label = np.arange(members.size)
-    pairs = np.argwhere(np.triu(lk, 1))
+    pairs = np.argwhere(np.triu(ov & (sub >= thr), 1))
     order = np.argsort(-sub[pairs[:, 0], pairs[:, 1]], kind="stable")
     for i, j in pairs[order]:
         a, b = label[i], label[j]
         if a == b:
             continue
         ca, cb = clusters[a], clusters[b]
-        if sub[np.ix_(ca, cb)].min() < thr:
+        if not ov[np.ix_(ca, cb)].all() or sub[np.ix_(ca, cb)].mean() < thr:
             continue
         clusters[a] = ca + cb
         clusters[b] = []
