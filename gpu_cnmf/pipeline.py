@@ -337,6 +337,7 @@ class _Stages:
                                         device=self.device)
         self.timings[name] = time.perf_counter() - t0
         self.peak[name] = mem.peak
+        backend.return_freed_memory()
         io1 = backend.movie_io()
         n = max(self.movie_elements, 1)
         self.passes[name] = ((io1["read"] - io0["read"]) / n,

@@ -90,6 +90,9 @@ def iter_movie(movie, chunk_frames: int | None = None, device="cpu",
     T, dims = movie_shape(movie, swap_dim)
     device = torch.device(device)
     if chunk_frames is None:
+        # a source that computes its frames (e.g. minus a background) holds
+        # more frame-sized buffers while it reads
+        copies = copies + float(getattr(movie, "read_copies", 0))
         chunk_frames = frames_per_chunk(dims, itemsize=4, copies=copies,
                                         device=device, max_frames=T)
     chunk_frames = int(chunk_frames)

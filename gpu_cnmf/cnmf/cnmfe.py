@@ -58,6 +58,10 @@ _RESIDENT_FRACTION = 0.5
 N_ROUNDS = 2
 
 
+# frame-sized float32 buffers one chunk of Y - B holds at once
+_CHUNK_COPIES = 9
+
+
 class RingCorrectedMovie:
     """``Y - B`` of a :class:`.products.MovieMatrix` under a ring model, with
     the product interface the CNMF steps use (``AtY``, ``CYt``, ``blocks``).
@@ -83,14 +87,20 @@ class RingCorrectedMovie:
         self.dims, self.d, self.T, self.device = mm.dims, mm.d, mm.T, mm.device
         self.cols_per_block = mm.cols_per_block
         budget = memory_budget(self.device, memory_fact=mm.memory_fact)
-        # a chunk holds the frames, A C, the residual, its downsampled and
-        # padded copies and the output: about six frame-sized buffers
-        self.frames_per_chunk = int(max(1, min(self.T, budget // (6 * 4 * self.d))))
+        whole = self.d * self.T * 4
         if resident is None:
-            resident = self.d * self.T * 4 <= _RESIDENT_FRACTION * budget
+            resident = whole <= _RESIDENT_FRACTION * budget
+        # a chunk holds the frames (and their contiguous copy), A C, the
+        # residual before and after A C, the output, the upsampled ring term:
+        # up to nine frame-sized buffers at once (measured peak), in what the
+        # resident copy leaves of the budget
+        left = budget - (whole if resident else 0)
+        self.frames_per_chunk = int(max(1, min(self.T, left // (_CHUNK_COPIES * 4 * self.d))))
         self._whole = None
         if resident:
-            self._whole = torch.cat([c for _, _, c in self._compute()], 1)
+            self._whole = torch.empty((self.d, self.T), dtype=torch.float32, device=self.device)
+            for t0, t1, c in self._compute():
+                self._whole[:, t0:t1] = c
 
     def _compute(self):
         use_ac = self.A.shape[1] > 0

@@ -54,6 +54,10 @@ class BackgroundRemovedSource(MovieSource):
         Found from ``W``'s size when omitted.
     """
 
+    # frame-sized buffers a read holds at once (the frames, Y - b0, A C, the
+    # residual, the upsampled background, the output): chunks are sized for them
+    read_copies = 6
+
     def __init__(self, images, A, C, b0, W, ssub_B=None):
         self.source = images if isinstance(images, MovieSource) else ArraySource(images)
         T, *dims = self.source.shape
