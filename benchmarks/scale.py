@@ -139,8 +139,10 @@ def run(kind, files, limit, work: Path, code: Path, timeout: float,
     env = dict(os.environ, PYTHONPATH=str(code))
     env.pop("GPU_CNMF_MEMORY_BUDGET", None)
     t0 = time.perf_counter()
+    # cwd: `python -c` puts the working directory first on sys.path, ahead of
+    # PYTHONPATH, so a checkout there would shadow --code
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, cwd=str(work))
     with PeakMemory(proc.pid, interval=0.02) as mem:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
