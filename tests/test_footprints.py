@@ -146,3 +146,32 @@ def test_merge_same_in_both_layouts(problem):
     assert out[0][1].shape[1] == A.shape[1]
     np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out[1][2], out[0][2], rtol=1e-3, atol=1e-3)
+
+
+def test_ellipse_supports_match_the_dense_definition(problem):
+    """'ellipse' supports from entries equal the Mahalanobis ball computed
+    over every pixel of the field."""
+    from gpu_cnmf.cnmf.spatial import expand_supports
+
+    _, A, *_ = problem
+    A = A * (A >= 0.5 * A.amax(0))          # cores: the ellipse reaches beyond them
+    dist = 2.5
+    p, k = expand_supports(fp.to_sparse(A), DIMS, method_exp="ellipse", dist=dist)
+    got = torch.zeros_like(A, dtype=torch.bool)
+    got[p, k] = True
+    d1, d2 = DIMS
+    ii = torch.arange(d1, dtype=torch.float32).repeat(d2)
+    jj = torch.arange(d2, dtype=torch.float32).repeat_interleave(d1)
+    w = A.clamp_min(0)
+    tot = w.sum(0)
+    mi, mj = (ii @ w) / tot, (jj @ w) / tot
+    sii = (ii ** 2 @ w) / tot - mi ** 2 + 0.25
+    sjj = (jj ** 2 @ w) / tot - mj ** 2 + 0.25
+    sij = ((ii * jj) @ w) / tot - mi * mj
+    det = sii * sjj - sij ** 2
+    di, dj = ii[:, None] - mi, jj[:, None] - mj
+    m2 = (sjj * di ** 2 - 2 * sij * di * dj + sii * dj ** 2) / det
+    want = (m2 <= dist ** 2) | (A > 0)
+    # float rounding may flip a pixel exactly on the boundary
+    assert int((got != want).sum()) <= 2
+    assert int(want.sum()) > 2 * int((A > 0).sum())
