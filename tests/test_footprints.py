@@ -174,4 +174,4 @@ def test_ellipse_supports_match_the_dense_definition(problem):
     want = (m2 <= dist ** 2) | (A > 0)
     # float rounding may flip a pixel exactly on the boundary
     assert int((got != want).sum()) <= 2
-    assert int(want.sum()) > 2 * int((A > 0).sum())
+    assert int(want.sum()) > 1.2 * int((A > 0).sum())
