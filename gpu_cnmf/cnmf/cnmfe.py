@@ -60,6 +60,8 @@ N_ROUNDS = 2
 
 # frame-sized float32 buffers one chunk of Y - B holds at once
 _CHUNK_COPIES = 9
+# copies of its own movie one CNMF-E patch holds at its peak
+_PATCH_COPIES = 7
 
 
 class RingCorrectedMovie:
@@ -460,8 +462,12 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
     dev = device.type if dview is not None else str(device)
     tasks = [(handle, r, pcfg, dev) for r in regions]
     try:
+        # a patch holds its movie about seven times at its peak (the movie,
+        # Y - B, the filtered copy and the seed search's work; measured on
+        # 480 x 480 x 4,000 with rf 48: 1 GB a patch)
+        patch_px = max(r.dims[0] * r.dims[1] for r in regions)
         parts = map_patches(_cnmfe_patch, tasks, n_processes=n_processes, dview=dview,
-                            desc="CNMF-E patches")
+                            desc="CNMF-E patches", task_bytes=_PATCH_COPIES * 4 * patch_px * T)
     finally:
         handle.cleanup()
     t0 = time.perf_counter()

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import host_budget
 from ..progress import progress
 
 log = logging.getLogger("gpu_cnmf")
@@ -255,7 +256,8 @@ def _map_pool(pool, fn, tasks, desc):
     return list(progress(it, total=len(tasks), desc=desc, unit="patch"))
 
 
-def map_patches(fn, tasks, *, n_processes=1, dview=None, desc="CNMF patches"):
+def map_patches(fn, tasks, *, n_processes=1, dview=None, desc="CNMF patches",
+                task_bytes=None):
     """``[fn(t) for t in tasks]``, in order, with a progress bar and log lines.
 
     Parameters
@@ -272,6 +274,9 @@ def map_patches(fn, tasks, *, n_processes=1, dview=None, desc="CNMF patches"):
         ipyparallel view to run the patches on; None runs them here.
     desc : str
         The stage's name in the bar and the log.
+    task_bytes : int, optional
+        Host memory one task holds at its peak: at most as many tasks run
+        at once here as the memory budget holds (at least one).
     """
     tasks = list(tasks)
     if not tasks:
@@ -281,6 +286,12 @@ def map_patches(fn, tasks, *, n_processes=1, dview=None, desc="CNMF patches"):
             return _map_dask(dview, fn, tasks, desc)
         return _map_pool(dview, fn, tasks, desc)
     n = min(int(n_processes or 1), len(tasks))
+    if n > 1 and task_bytes:
+        fit = max(1, int(host_budget() // max(int(task_bytes), 1)))
+        if fit < n:
+            log.info("%s: %d at a time (the memory budget holds %d of %.0f MB each)",
+                      desc, fit, fit, task_bytes / 1e6)
+            n = fit
     if n > 1 and _threads_usable():
         return _map_threads(fn, tasks, n, desc)
     return [fn(t) for t in progress(tasks, total=len(tasks), desc=desc, unit="patch")]
