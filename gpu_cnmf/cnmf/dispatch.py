@@ -290,7 +290,7 @@ def map_patches(fn, tasks, *, n_processes=1, dview=None, desc="CNMF patches",
         fit = max(1, int(host_budget() // max(int(task_bytes), 1)))
         if fit < n:
             log.info("%s: %d at a time (the memory budget holds %d of %.0f MB each)",
-                      desc, fit, fit, task_bytes / 1e6)
+                     desc, fit, fit, task_bytes / 1e6)
             n = fit
     if n > 1 and _threads_usable():
         return _map_threads(fn, tasks, n, desc)
