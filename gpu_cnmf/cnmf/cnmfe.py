@@ -47,7 +47,7 @@ from .engine import Model, merge_step, model_from_numpy, model_to_numpy, spatial
     temporal_step
 from .patches import patch_config, patch_regions, place_patches, resolve_duplicates, \
     very_bad_components
-from .products import MovieMatrix, Region, as_pixel_matrix
+from .products import MovieMatrix, Region, add_entry_products, as_pixel_matrix, support_entries
 from .ring_model import RingModel, fit_ring, ring_radius, subtract_background
 from .temporal import compute_residuals
 
@@ -137,14 +137,9 @@ class RingCorrectedMovie:
         nb = 0 if Cb is None else Cb.shape[0]
         out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
         outb = torch.zeros((nb, self.d), dtype=torch.float32, device=self.device)
-        flat = idx.reshape(-1)
-        ent = torch.nonzero(flat < self.d).flatten()
-        pix, row = flat[ent], ent // L
+        ent, pix, row = support_entries(idx, self.d)
         for t0, t1, Yc in self.chunks():
-            step = max(1, (1 << 24) // max(t1 - t0, 1))
-            for e0 in range(0, ent.numel(), step):
-                sl = slice(e0, e0 + step)
-                out[ent[sl]] += (C[row[sl], t0:t1] * Yc[pix[sl]]).sum(1)
+            add_entry_products(out, ent, row, pix, C[:, t0:t1], Yc)
             if nb:
                 outb.addmm_(Cb[:, t0:t1], Yc.T)
         return out.view(K, L) if Cb is None else (out.view(K, L), outb)

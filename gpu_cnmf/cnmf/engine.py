@@ -148,7 +148,7 @@ def merge_step(model, cfg, p=None, max_groups=None, groups=None):
     keep = ~merged
     model.merged_ROIs.extend([grp.cpu().tolist() for grp in groups])
     M = Am.shape[1]
-    new = dict(A=Am, C=c, YrA=Cm - c - bl[:, None], S=s, bl=bl, c1=c1, g=g, neurons_sn=sn)
+    new = dict(C=c, YrA=Cm - c - bl[:, None], S=s, bl=bl, c1=c1, g=g, neurons_sn=sn)
     model.A = fp.cat(fp.select(model.A, keep), Am)
     for name in Model._PER_COMPONENT:
         v = getattr(model, name)

@@ -83,6 +83,24 @@ def as_pixel_matrix(images):
     return images, "frames", (d1, d2), T
 
 
+def support_entries(idx, d):
+    """The entries of padded support rows ``idx`` (K, L) that are pixels
+    (padding is ``d``): their flat positions, pixels and rows."""
+    flat = idx.reshape(-1)
+    ent = torch.nonzero(flat < d).flatten()
+    return ent, flat[ent], ent // idx.shape[1]
+
+
+def add_entry_products(out, ent, row, pix, C, Y):
+    """``out[e] += C[row_e] . Y[pix_e]`` for a pixel-major chunk ``Y`` (pixels,
+    n) and the chunk's traces ``C`` (K, n), gathering at most ~2^24 values
+    at a time."""
+    step = max(1, (1 << 24) // max(Y.shape[1], 1))
+    for e0 in range(0, ent.numel(), step):
+        sl = slice(e0, e0 + step)
+        out[ent[sl]] += (C[row[sl]] * Y[pix[sl]]).sum(1)
+
+
 class MovieMatrix:
     """Pixels x T view of a movie (or of one rectangular patch of it).
 
@@ -350,20 +368,12 @@ class MovieMatrix:
         nb = 0 if Cb is None else Cb.shape[0]
         out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
         outb = torch.zeros((nb, self.d), dtype=torch.float32, device=self.device)
-        flat = idx.reshape(-1)
-        ent = torch.nonzero(flat < self.d).flatten()
-        pix = flat[ent]
-        row = ent // L
+        ent, pix, row = support_entries(idx, self.d)
         if self.layout == "frames":
             perm = self._c_order()
             pc = perm.argsort()[pix]                      # C-order position of each entry
-            # entries per gather chunk so one (frames x entries) gather stays small
-            step = max(1, (1 << 24) // max(self.frames_per_block, 1))
             for t0, t1, Yf in self.frame_blocks():
-                Ct = C[:, t0:t1]
-                for e0 in range(0, ent.numel(), step):
-                    sl = slice(e0, e0 + step)
-                    out[ent[sl]] += (Ct[row[sl]].T * Yf[:, pc[sl]]).sum(0)
+                add_entry_products(out, ent, row, pc, C[:, t0:t1], Yf.T)
                 if nb:
                     outb[:, perm] += Cb[:, t0:t1] @ Yf
         elif ent.numel() or nb:

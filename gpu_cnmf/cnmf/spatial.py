@@ -347,7 +347,6 @@ def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandC
         kept = _prune_l0_compact(W, U, Hb, Ub, V, idx, yy, sn, mm.T)
         rows = torch.arange(K, device=dev)[:, None].expand_as(idx)
         idx, W, U = pack_rows(rows[kept], idx[kept], K, d, W[kept], U[kept])
-        sparse_groups = [g for g in sparse_groups]
         hals_sparse_rows(W, U, Hb, Ub, V, sparse_groups, idx, n_iter=5, **kw)
     valid = idx < d
     rows = torch.arange(K, device=dev)[:, None].expand_as(idx)
