@@ -144,12 +144,16 @@ def _cgroup_room() -> int | None:
 # "Anonymous" is what the kernel reports as RssAnon + RssShmem in
 # /proc/PID/status, summed over the process and its worker processes: the
 # page cache of memory-mapped movies is not counted (the kernel drops it
-# under pressure). Of ``L``, the interpreter and its libraries already hold
-# the baseline (measured when the limit is set, about 0.3 GB with torch);
+# under pressure). Of ``L``, the process already holds some when a stage
+# plans its chunks: the interpreter and its libraries (about 0.2 GB with
+# torch when the limit is set), and, as the run goes on, what the earlier
+# steps keep (the components so far, compiled deconvolution code, thread
+# pools: a one-photon run grew by 0.15 GB). Each plan takes what is held at
+# that moment (at least the baseline measured when the limit was set), and
 # the stages plan with the rest, less a small allowance for libraries loaded
 # later and allocator slack:
 #
-#     host_budget() = L - baseline - slack
+#     host_budget() = L - held - slack
 #
 # The slack (64 MiB; ``GPU_CNMF_MEMORY_SLACK`` bytes) is what libraries take
 # at run time after the limit is set and no stage plans for: numba's JIT
@@ -331,9 +335,9 @@ def _env_budget() -> int | None:
 def host_budget() -> int:
     """Bytes of host memory a stage may plan to hold at once.
 
-    The user's limit wins (less the baseline the interpreter already holds,
-    see the module notes), then ``GPU_CNMF_MEMORY_BUDGET``, then
-    DEFAULT_MEMORY_FRACTION of the free memory capped at _HOST_BUDGET_CAP.
+    The user's limit wins (less what the process holds now, at least the
+    baseline measured when the limit was set; see the module notes), then
+    ``GPU_CNMF_MEMORY_BUDGET``, then DEFAULT_MEMORY_FRACTION of the free memory capped at _HOST_BUDGET_CAP.
     At least 1.
     """
     return max(1, int(_host_budget() * _SCALE.get("cpu", 1.0)))
@@ -342,7 +346,8 @@ def host_budget() -> int:
 def _host_budget() -> int:
     limit = _LIMITS.get("cpu")
     if limit is not None:
-        return max(1, limit - _BASELINE.get("cpu", 0) - _slack())
+        held = max(_BASELINE.get("cpu", 0), anon_memory())
+        return max(1, limit - held - _slack())
     env = _env_budget()
     if env is not None:
         return env
@@ -396,10 +401,10 @@ def require_budget(needed: int, *, stage: str, device: torch.device | str = "cpu
         what = "memory_limit" if key == "cpu" else "device_memory_limit"
         extra, minimum = "", needed
         if from_limit:
-            held = _LIMITS[key] - budget     # baseline and slack, host only
+            held = _LIMITS[key] - budget     # what the process holds, and slack
             if held > 0:
                 extra = (f" (memory_limit {format_bytes(_LIMITS[key])} less the "
-                         f"{format_bytes(held)} the interpreter and libraries hold)")
+                         f"{format_bytes(held)} the process and its libraries hold)")
             minimum = needed + max(held, 0)
         raise MemoryBudgetError(
             f"{stage}: the memory budget on {key}, {format_bytes(budget)}{extra}, cannot hold "

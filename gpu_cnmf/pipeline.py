@@ -225,8 +225,10 @@ def check_inputs(fnames, params: CNMFParams, out_path=None):
                                  f"of {paths[0]}")
             dims = tuple(src.dims)
             n_frames += src.n_frames
-            if params.preprocess["check_nan"]:
-                src.check_nan()      # reads every frame: a pass over the movie
+            if params.preprocess["check_nan"] and src.dtype.kind == "f":
+                # reads every frame: a pass over the movie (integer movies
+                # cannot hold a NaN and are not read)
+                src.check_nan()
                 backend.count_movie_io(read=src.n_frames * int(np.prod(src.dims)))
     need = min_frames(params)
     if n_frames < need:

@@ -265,3 +265,34 @@ def test_half_size_store_refuses_values_beyond_float16(tmp_path):
         with MemmapWriter(tmp_path / "Yr", (8, 8), 4, order="C", dtype=np.float16) as w:
             w.write(0, frames)
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------
+# passes over the movie
+
+def test_background_and_projection_share_one_pass(tmp_path):
+    """After patches the background is refitted and ``[A b]' Y`` formed in
+    one pass, with the same result as the two passes one after the other."""
+    from gpu_cnmf.cnmf.products import MovieMatrix
+    from gpu_cnmf.cnmf.spatial import background_and_AtY, update_background
+
+    rng = np.random.default_rng(0)
+    d1, d2, T, K, nb = 30, 40, 200, 12, 2
+    Y = np.lib.format.open_memmap(tmp_path / "Yr.npy", "w+", np.float32, (d1 * d2, T))
+    Y[:] = rng.random((d1 * d2, T))
+    Y.flush()
+    Y = np.load(tmp_path / "Yr.npy", mmap_mode="r")
+    mm = MovieMatrix(Y, "cpu", dims=(d1, d2), block_pixels=150)
+    A = torch.tensor(rng.random((d1 * d2, K)) * (rng.random((d1 * d2, K)) < 0.05),
+                     dtype=torch.float32)
+    C = torch.tensor(rng.random((K, T)), dtype=torch.float32)
+    b = torch.tensor(rng.random((d1 * d2, nb)), dtype=torch.float32)
+    f = torch.tensor(rng.random((nb, T)), dtype=torch.float32)
+    for A_ in (A, A.to_sparse().coalesce()):
+        b1 = update_background(mm, A_, b, C, f)
+        AtY1 = mm.AtY(A_, b1)
+        r0 = backend.movie_io()["read"]
+        b2, AtY2 = background_and_AtY(mm, A_, b, C, f)
+        assert backend.movie_io()["read"] - r0 == Y.size          # one pass
+        assert torch.equal(b1, b2)
+        np.testing.assert_allclose(AtY2.numpy(), AtY1.numpy(), rtol=1e-5, atol=1e-4)

@@ -205,7 +205,8 @@ def fit_cnmfe_fov(mm, cfg, device, Ain=None, only_init=False, p=None, n_rounds=N
         ``b``, ``f`` empty unless ``nb > 0`` (a low-rank fit of ``B``).
     ring : RingModel (with ``b0``)
     extra : dict
-        ``Cn``, ``pnr``: the seed images (None when seeded).
+        ``Cn``, ``pnr``: the seed images (None when seeded); ``Ymean``: the
+        temporal mean of every pixel.
     """
     from ..deconvolution import estimate_noise
     from .initialization import hals_refine
@@ -245,6 +246,7 @@ def fit_cnmfe_fov(mm, cfg, device, Ain=None, only_init=False, p=None, n_rounds=N
                                      empty_f, maxIter=5, update_A=False)
         extra = dict(Cn=None, pnr=None)
     t0 = _tick(timings, "init", t0)
+    extra["Ymean"] = Y.mean(1)
     model = Model(A=A, C=C, b=empty_b, f=empty_f, sn=sn)
     if only_init:
         model.YrA = compute_residuals(RingCorrectedMovie(Ymm, A, C, ring), A, empty_b, C, empty_f)
@@ -293,8 +295,9 @@ def _cnmfe_patch(task):
         n_samples = np.ceil(pcfg["data"]["fr"] * pcfg["data"]["decay_time"])
         model.select(~very_bad_components(model, pcfg["quality"]["SNR_lowest"], n_samples))
     return dict(model=model_to_numpy(model), weights=ring.weights.cpu().numpy(),
-                b0=ring.b0.cpu().numpy(), offsets=ring.offsets, radius=ring.radius,
-                Cn=extra.get("Cn"), pnr=extra.get("pnr"))
+                b0=ring.b0.cpu().numpy(), Ymean=extra["Ymean"].cpu().numpy(),
+                offsets=ring.offsets, radius=ring.radius, Cn=extra.get("Cn"),
+                pnr=extra.get("pnr"))
 
 
 def cnmfe_regions(dims, rf, stride, ssub_B):
@@ -329,8 +332,8 @@ def combine_rings(regions, parts, dims, ssub_B, device):
     -------
     ring : RingModel
     images : dict
-        ``Cn``, ``pnr`` placed the same way, and ``owner``: (d1, d2) index
-        of the patch each pixel belongs to.
+        ``Cn``, ``pnr`` placed the same way, ``Ymean``: the pixel means
+        (d,), and ``owner``: (d1, d2) index of the patch each pixel belongs to.
     """
     d1, d2 = dims
     s = int(ssub_B)
@@ -339,6 +342,7 @@ def combine_rings(regions, parts, dims, ssub_B, device):
     weights = np.zeros((W, H, n), np.float32)
     best = np.full((H, W), -1.0)
     b0 = np.zeros((d1, d2), np.float32)
+    Ymean = np.zeros((d1, d2), np.float32)
     best0 = np.full((d1, d2), -1.0)
     imgs = {k: np.zeros((d1, d2), np.float32) for k in ("Cn", "pnr")}
     owner = np.zeros((d1, d2), np.int64)
@@ -358,6 +362,7 @@ def combine_rings(regions, parts, dims, ssub_B, device):
         sub0[better0] = c0[better0]
         owner[r.y0:r.y1, r.x0:r.x1][better0] = i
         b0[r.y0:r.y1, r.x0:r.x1][better0] = part["b0"].reshape(w, h).T[better0]
+        Ymean[r.y0:r.y1, r.x0:r.x1][better0] = part["Ymean"].reshape(w, h).T[better0]
         for k in imgs:
             if part.get(k) is not None:
                 imgs[k][r.y0:r.y1, r.x0:r.x1][better0] = part[k][better0]
@@ -365,6 +370,7 @@ def combine_rings(regions, parts, dims, ssub_B, device):
                      s, int(parts[0]["radius"]),
                      torch.as_tensor(b0.T.reshape(-1), device=device))
     imgs["owner"] = owner
+    imgs["Ymean"] = torch.as_tensor(Ymean.T.reshape(-1), device=device)
     return ring, imgs
 
 
@@ -395,15 +401,18 @@ def _pixel_means(mm):
     return out
 
 
-def refine_on_ring(mm, model, ring, cfg, timings, spatial=True, n_rounds=N_ROUNDS):
+def refine_on_ring(mm, model, ring, cfg, timings, spatial=True, n_rounds=N_ROUNDS,
+                   Ymean=None):
     """Rounds of (spatial, temporal, merge) on ``Y - B`` streamed frame chunk
     by frame chunk, the ring weights ``W`` kept and ``b0`` (the mean of
     ``Y - A C``) updated with the components: after patches, and in a refit.
 
-    ``model`` and ``ring.b0`` are updated in place.
+    ``model`` and ``ring.b0`` are updated in place. ``Ymean``: the pixel
+    means when known (after patches), else a pass computes them.
     """
     t0 = time.perf_counter()
-    Ymean = _pixel_means(mm)
+    if Ymean is None:
+        Ymean = _pixel_means(mm)
     rounds = max(1, int(n_rounds)) if spatial else 1
     for it in range(rounds):
         ring.b0 = Ymean - fp.matmul(model.A, model.C.mean(1))
@@ -474,7 +483,7 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
     del parts, models
     if nb > 0:
         from .background import compress_background
-        from .spatial import update_background
+        from .spatial import background_and_AtY
         if P["low_rank_background"]:
             model.b, model.f = compress_background(model.b, model.f, nb)
         else:
@@ -486,13 +495,18 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
         model.select(keep)
         patch_id, centrality = patch_id[keep], centrality[keep]
     imgs.pop("owner", None)
+    Ymean = imgs.pop("Ymean")
+    if mm.exclude is not None:       # read as zero on the whole field
+        Ymean = Ymean * mm.exclude
     resolve_duplicates(model, patch_id, centrality, cfg)
     t0 = _tick(timings, "combine", t0)
     if nb > 0:
-        model.b = update_background(mm, model.A, model.b, model.C, model.f, model.b_mask)
-        temporal_step(mm, model, cfg)
+        model.b, AtY = background_and_AtY(mm, model.A, model.b, model.C, model.f,
+                                          model.b_mask)
+        temporal_step(mm, model, cfg, AtY=AtY)
     else:
-        refine_on_ring(mm, model, ring, cfg, timings, spatial=not P["skip_refinement"])
+        refine_on_ring(mm, model, ring, cfg, timings, spatial=not P["skip_refinement"],
+                       Ymean=Ymean)
     model.timings = timings
     model.timings["total"] = time.perf_counter() - t_all
     return model, ring, imgs

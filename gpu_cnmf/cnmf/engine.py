@@ -100,9 +100,11 @@ def spatial_step(mm, model, cfg):
     return model.select(keep)
 
 
-def temporal_step(mm, model, cfg, p=None):
-    """Temporal update (with deconvolution), dropping silent components."""
+def temporal_step(mm, model, cfg, p=None, AtY=None):
+    """Temporal update (with deconvolution), dropping silent components;
+    ``AtY``: ``[A b]' Y`` when a pass already made it."""
     kw = temporal_kwargs(cfg, p)
+    kw["AtY"] = AtY
     if model.g_global is not None and kw["p"] > 0 and model.g_global.shape[1] == kw["p"]:
         kw["g_fixed"] = model.g_global
     r = update_temporal(mm, model.A, model.b, model.C, model.f, **kw)

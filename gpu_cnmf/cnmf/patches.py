@@ -30,8 +30,8 @@ from .dispatch import MovieHandle, map_patches, movie_handle
 from . import footprints as fp
 from .engine import Model, fit_fov, merge_step, model_from_numpy, model_to_numpy, temporal_step
 from .products import MovieMatrix, Region
-from .spatial import update_background
-from .temporal import compute_residuals
+from .spatial import background_and_AtY
+from .temporal import residual_traces
 
 _MAX_MERGE_ROUNDS = 10
 
@@ -314,10 +314,13 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
     else:
         model.b_mask = Bmask
     resolve_duplicates(model, patch_id, centrality, cfg)
-    model.b = update_background(mm, model.A, model.b, model.C, model.f, model.b_mask)
+    # the background refitted to the whole movie and the projection the
+    # traces need, in one pass
+    model.b, AtY = background_and_AtY(mm, model.A, model.b, model.C, model.f, model.b_mask)
     if P["skip_refinement"]:
-        model.YrA = compute_residuals(mm, model.A, model.b, model.C, model.f)
+        model.YrA = residual_traces(AtY, fp.gram(model.A, model.b),
+                                    torch.cat([model.C, model.f], 0), model.K)
     else:
-        temporal_step(mm, model, cfg)
+        temporal_step(mm, model, cfg, AtY=AtY)
     model.timings = {}
     return model

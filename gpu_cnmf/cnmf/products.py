@@ -263,6 +263,8 @@ class MovieMatrix:
         the device, pixels in the region's Fortran order (excluded pixels
         zeroed): the chunk a per-frame computation reads."""
         r = self.region
+        if self._on_disk:
+            count_movie_io(read=(t1 - t0) * self.d)
         if self.layout == "pixels":
             d1 = self.full_dims[0]
             if r.y0 == 0 and r.y1 == d1:
@@ -287,10 +289,18 @@ class MovieMatrix:
         return self._perm
 
     # --------------------------------------------------------------- products
-    def AtY(self, A, b=None):
+    def AtY(self, A, b=None, b_from_block=None):
         """``[A b]' Y`` for footprints ``A`` (d, K) on the device, dense or
         sparse (:mod:`.footprints`), and optional dense columns ``b``
-        (d, nb), in one pass -> (K + nb, T)."""
+        (d, nb), in one pass -> (K + nb, T).
+
+        ``b_from_block(p0, p1, Yb)``, optional (pixel-major movies): new
+        rows ``p0:p1`` of ``b`` made from each pixel block as it is read,
+        and used in the product (a per-pixel update fused into this pass);
+        then ``(AtY, b)`` is returned.
+        """
+        if b_from_block is not None:
+            return self._AtY_new_b(A, b, b_from_block)
         if b is not None and not fp.is_sparse(A):
             A, b = torch.cat([A, b], 1), None
         nb = 0 if b is None else b.shape[1]
@@ -327,6 +337,29 @@ class MovieMatrix:
             if nb:
                 out[K:] += b[p0:p1].T @ Yb
         return out
+
+    def _AtY_new_b(self, A, b, b_from_block):
+        if self.layout != "pixels":
+            raise ValueError("b_from_block: needs a pixel-major movie (pixel blocks)")
+        K, nb = A.shape[1], b.shape[1]
+        if self.exclude is not None:
+            A = fp.zero_pixels(A, ~self.exclude)
+        out = torch.zeros((K + nb, self.T), dtype=torch.float32, device=self.device)
+        b_new = torch.zeros_like(b)
+        sparse_cpu = self.device.type == "cpu" and fp.is_sparse(A)
+        As = fp.to_scipy(A).tocsr() if sparse_cpu else None
+        for p0, p1, Yb in self.blocks():
+            bb = b_from_block(p0, p1, Yb)
+            if self.exclude is not None:
+                bb = bb * self.exclude[p0:p1, None]
+            b_new[p0:p1] = bb
+            if sparse_cpu:
+                out[:K] += torch.from_numpy((As[p0:p1].T @ Yb.numpy()).astype(np.float32,
+                                                                              copy=False))
+            else:
+                out[:K] += fp.t_matmul(fp.row_block(A, p0, p1), Yb)
+            out[K:] += bb.T @ Yb
+        return out, b_new
 
     def CYt(self, C):
         """``C Y'`` for ``C`` (K, T) on the device -> (K, d), i.e. ``(Y C')'``."""

@@ -360,22 +360,57 @@ def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandC
     return A_new, b_new, keep
 
 
+def background_solver(A, b, C, f, b_mask=None, n_iter=10):
+    """The background update of a range of pixels.
+
+    ``min_{b >= 0} ||Y - A C - b f||^2`` is separate for every pixel (the
+    traces are fixed), so it is solved block of pixels by block: the
+    returned ``solve(p0, p1, fYt)`` takes ``f Y'`` of pixels ``p0:p1``
+    ((nb, p1 - p0), from a pixel block of the movie as it is read) and
+    returns their rows of ``b`` ((p1 - p0, nb)), by HALS on ``f Y' - f C' A'``
+    and ``f f'`` within ``b_mask`` (patch-local columns).
+    """
+    nb = b.shape[1]
+    CF = C @ f.T                                        # (K, nb)
+    Q = f @ f.T
+    groups = [torch.tensor([i], device=b.device) for i in range(nb)]
+
+    def solve(p0, p1, fYt):
+        P = fYt - fp.matmul(fp.row_block(A, p0, p1), CF).T
+        H = b[p0:p1].T.contiguous()
+        mask = None if b_mask is None else b_mask[p0:p1].T.contiguous()
+        hals_rows(H, P, Q, groups, mask=mask, n_iter=n_iter)
+        return H.T.contiguous()
+
+    return solve
+
+
 def update_background(mm, A, b, C, f, b_mask=None, n_iter=10):
     """Background footprints ``b`` given everything else (one movie pass).
 
     Solves ``min_{b >= 0} ||Y - A C - b f||^2`` (within ``b_mask`` when the
-    background columns are patch-local) by HALS on ``f Y'`` and ``f f'``;
+    background columns are patch-local), see :func:`background_solver`;
     used after patches, whose compressed background must be refitted to
-    the whole movie before the traces are.
+    the whole movie before the traces are (:func:`background_and_AtY` does
+    both in one pass).
     """
-    nb = b.shape[1]
-    if nb == 0:
+    if b.shape[1] == 0:
         return b
-    dev = b.device
-    P = mm.CYt(f) - fp.matmul(A, C @ f.T).T           # (nb, d)
-    Q = f @ f.T
-    H = b.T.contiguous()
-    mask = None if b_mask is None else b_mask.T.contiguous()
-    groups = [torch.tensor([i], device=dev) for i in range(nb)]
-    hals_rows(H, P, Q, groups, mask=mask, n_iter=n_iter)
-    return H.T.contiguous()
+    return background_solver(A, b, C, f, b_mask, n_iter)(0, mm.d, mm.CYt(f))
+
+
+def background_and_AtY(mm, A, b, C, f, b_mask=None, n_iter=10):
+    """:func:`update_background`, then ``[A b]' Y`` with the new ``b``, in
+    one pass over a pixel-major movie (each pixel block's ``b`` is solved
+    as the block is read, then projected); two passes otherwise.
+
+    Returns
+    -------
+    b : (d, nb) tensor, AtY : (K + nb, T) tensor
+    """
+    if b.shape[1] == 0 or mm.layout != "pixels":
+        b = update_background(mm, A, b, C, f, b_mask, n_iter)
+        return b, mm.AtY(A, b)
+    solve = background_solver(A, b, C, f, b_mask, n_iter)
+    AtY, b = mm.AtY(A, b, b_from_block=lambda p0, p1, Yb: solve(p0, p1, f @ Yb.T))
+    return b, AtY
