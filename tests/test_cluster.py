@@ -88,12 +88,31 @@ print("K", est.A.shape[1])
 """
 
 
-@pytest.mark.parametrize("how", ["script", "-c"])
+# CNMF-E on patches, two at a time
+_SCRIPT_1P = """
+import numpy as np
+from gpu_cnmf.cnmf import CNMF
+from gpu_cnmf.params import CNMFParams
+from gpu_cnmf.synthetic import make_movie
+mov, _ = make_movie("1p", dims=(48, 48), n_frames=200, n_neurons=8, p=1, seed=2)
+p = CNMFParams()
+p.change_params({"init": {"K": None, "gSig": [3, 3], "gSiz": [13, 13], "method_init": "corr_pnr",
+                          "nb": 0, "min_corr": 0.8, "min_pnr": 5, "ssub_B": 2,
+                          "center_psf": True},
+                 "temporal": {"p": 1}, "spatial": {"update_background_components": True},
+                 "patch": {"rf": 16, "stride": 8, "only_init": True,
+                           "low_rank_background": None}})
+est = CNMF(n_processes=2, params=p).fit(mov).estimates
+print("K", est.A.shape[1])
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "-c", "script-1p"])
 def test_parallel_patches_need_no_main_guard(tmp_path, how):
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
-    if how == "script":
+    if how.startswith("script"):
         script = tmp_path / "plain.py"
-        script.write_text(_SCRIPT)
+        script.write_text(_SCRIPT_1P if how.endswith("1p") else _SCRIPT)
         cmd = [sys.executable, str(script)]
     else:
         cmd = [sys.executable, "-c", _SCRIPT]

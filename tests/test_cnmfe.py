@@ -446,3 +446,15 @@ def test_cnmfe_on_patches_streams_the_background(movie, monkeypatch):
     assert est.W.shape == (48 * 48, 48 * 48) and est.b0.shape == (d,)
     assert est.b.shape == (d, 0)
     assert est.C.shape == (est.A.shape[1], T)
+
+
+def test_a_patch_without_neurons_gives_no_components():
+    """Noise only (a patch over an empty part of the field): no seed passes,
+    and the fit returns zero components, its ring background and traces of
+    the right shape, instead of failing."""
+    rng = np.random.default_rng(0)
+    mov = (100 + rng.normal(0, 1, (150, 32, 32))).astype(np.float32)
+    out = cnmfe_fit(mov, _params(only_init=True))
+    assert out["A"].shape == (32 * 32, 0) and out["C"].shape == (0, 150)
+    assert out["b0"].shape == (32 * 32,)
+    np.testing.assert_allclose(out["b0"], mov.mean(0).T.ravel(), rtol=1e-4)

@@ -27,8 +27,8 @@ def to_images(A: torch.Tensor, dims) -> torch.Tensor:
 
 def from_images(imgs: torch.Tensor) -> torch.Tensor:
     """(K, d1, d2) images -> (d, K) Fortran-order columns."""
-    K = imgs.shape[0]
-    return imgs.transpose(1, 2).reshape(K, -1).T
+    K, d1, d2 = imgs.shape
+    return imgs.transpose(1, 2).reshape(K, d1 * d2).T     # K may be 0
 
 
 def structure(se, device) -> torch.Tensor:

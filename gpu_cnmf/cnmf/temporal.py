@@ -120,7 +120,7 @@ def update_temporal(mm, A, b, C, f, *, p=2, ITER=2, method_deconvolution="oasis"
     AtA = fp.gram(A, b)
     Ct = torch.cat([C, f], 0).clone()
     nA = torch.diagonal(AtA).clamp_min(1e-12)
-    groups = color_groups(AtA.abs() > 1e-12 * float(nA.max()))
+    groups = color_groups(AtA.abs() > 1e-12 * float(nA.max())) if nA.numel() else []
     T = Ct.shape[1]
     S = torch.zeros((K, T), device=dev)
     bl = torch.zeros(K, device=dev)
