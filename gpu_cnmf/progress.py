@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger("gpu_cnmf")
 
-__all__ = ["progress"]
+__all__ = ["progress", "log_step"]
 
 
 class progress(tqdm):
@@ -63,3 +63,10 @@ class progress(tqdm):
         for item in super().__iter__():
             yield item
             self._log_advance(1)
+
+
+def log_step(stage: str, step: str, seconds: float, n_components: int | None = None) -> None:
+    """One log line for a step of a long stage that has no bar (the
+    whole-field updates of CNMF): ``stage: step done in s (K components)``."""
+    extra = "" if n_components is None else f" ({n_components} components)"
+    log.info("%s: %s done in %.1f s%s", stage, step, seconds, extra)

@@ -40,6 +40,7 @@ import torch
 
 from ..backend import memory_budget
 from ..errors import ParameterError
+from ..progress import log_step
 from . import footprints as fp
 from .corr_pnr import check_parameters, initialize_corr_pnr
 from .dispatch import map_patches, movie_handle
@@ -172,8 +173,11 @@ def _geometry(cfg):
     return gSig, gSiz, ring_radius(gSiz, ini["ring_size_factor"]), int(round(float(ini["ssub_B"])))
 
 
-def _tick(timings, name, t0):
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+def _tick(timings, name, t0, K=None):
+    dt = time.perf_counter() - t0
+    timings[name] = timings.get(name, 0.0) + dt
+    if K is not None:   # whole-field steps (a patch's are not logged, the patches' bar is)
+        log_step("CNMF-E on the whole field", name, dt, K)
     return time.perf_counter()
 
 
@@ -419,13 +423,13 @@ def refine_on_ring(mm, model, ring, cfg, timings, spatial=True, n_rounds=N_ROUND
         mc = RingCorrectedMovie(mm, model.A, model.C, ring)
         if spatial:
             spatial_step(mc, model, cfg)
-            t0 = _tick(timings, "spatial", t0)
+            t0 = _tick(timings, "spatial", t0, model.K)
         temporal_step(mc, model, cfg)
-        t0 = _tick(timings, "temporal", t0)
+        t0 = _tick(timings, "temporal", t0, model.K)
         mc.release()
         if cfg["merge"]["do_merge"] and it < rounds - 1:
             merge_step(model, cfg)
-            t0 = _tick(timings, "merge", t0)
+            t0 = _tick(timings, "merge", t0, model.K)
     ring.b0 = Ymean - fp.matmul(model.A, model.C.mean(1))
     return model, ring
 

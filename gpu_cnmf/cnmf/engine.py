@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
+from ..progress import log_step
 from . import footprints as fp
 from .initialization import initialize
 from .merging import find_merges, merge_rank1
@@ -63,10 +64,13 @@ class Model:
         return self.A.shape[1]
 
 
-def _tick(model, name, t0, device):
+def _tick(model, name, t0, device, log=False):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    model.timings[name] = model.timings.get(name, 0.0) + time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    model.timings[name] = model.timings.get(name, 0.0) + dt
+    if log:
+        log_step("CNMF on the whole field", name, dt, model.K)
     return time.perf_counter()
 
 
@@ -203,18 +207,21 @@ def global_time_constant(stats, pre):
 def refine(mm, model, cfg, p=None):
     """Spatial, temporal, merge, spatial, temporal (CaImAn's fit after init)."""
     dev = mm.device
+    # each step of a whole-field fit takes minutes on a long movie: a log
+    # line each (a patch's steps are not logged, the patches' bar is)
+    log = mm.d == int(np.prod(mm.full_dims))
     t0 = time.perf_counter()
     spatial_step(mm, model, cfg)
-    t0 = _tick(model, "spatial", t0, dev)
+    t0 = _tick(model, "spatial", t0, dev, log)
     temporal_step(mm, model, cfg, p)
-    t0 = _tick(model, "temporal", t0, dev)
+    t0 = _tick(model, "temporal", t0, dev, log)
     if cfg["merge"]["do_merge"]:
         merge_step(model, cfg, p)
-        t0 = _tick(model, "merge", t0, dev)
+        t0 = _tick(model, "merge", t0, dev, log)
     spatial_step(mm, model, cfg)
-    t0 = _tick(model, "spatial", t0, dev)
+    t0 = _tick(model, "spatial", t0, dev, log)
     temporal_step(mm, model, cfg, p)
-    _tick(model, "temporal", t0, dev)
+    _tick(model, "temporal", t0, dev, log)
     return model
 
 
