@@ -183,7 +183,8 @@ def init_model(mm, cfg, Ain=None, sn=None):
         rolling_length=ini["rolling_length"], kernel=ini["kernel"], maxIter=ini["maxIter"],
         normalize_init=ini["normalize_init"], alpha_snmf=ini["alpha_snmf"],
         max_iter_snmf=ini["max_iter_snmf"], sigma_smooth_snmf=ini["sigma_smooth_snmf"],
-        perc_baseline_snmf=ini["perc_baseline_snmf"], Ain=Ain, T=mm.T)
+        perc_baseline_snmf=ini["perc_baseline_snmf"], Ain=Ain, T=mm.T,
+        same_thr=cfg["merge"]["thr"] if cfg["merge"]["do_merge"] else None)
     del stats.Yd
     model = Model(A=A, C=C, b=b, f=f, sn=stats.sn, yy=stats.yy, timings=dummy.timings)
     if pre["compute_g"]:

@@ -1,12 +1,17 @@
 """Initial footprints and traces on the downsampled movie.
 
 - :func:`greedy_roi`: Pnevmatikakis et al. (2016)'s greedy search. The movie,
-  minus its per-pixel median, is filtered with a Gaussian of width ``gSig``
-  (or the user's ``kernel``); the pixel with the largest (rolling, over
-  ``rolling_length`` frames) filtered energy seeds a component whose
-  footprint in the ``gSiz`` box and trace are refined by ``nIter`` rank-1
-  NMF steps; the component is subtracted, the filtered movie and energy are
-  updated locally, and the search repeats ``K`` times.
+  minus each pixel's slow baseline (:func:`pixel_baseline`: medians over
+  runs of ``rolling_length`` frames, so that bleaching is not taken for
+  activity), is filtered with a Gaussian of width ``gSig`` (or the user's
+  ``kernel``); the pixel with the largest (rolling, over ``rolling_length``
+  frames) filtered energy seeds a component whose footprint in the ``gSiz``
+  box and trace are refined by ``nIter`` rank-1 NMF steps; the component is
+  subtracted, the filtered movie and energy are updated locally, and the
+  search repeats until ``K`` components. A box whose trace correlates at
+  ``merge_thr`` with a component whose box it touches refits that component
+  on both boxes instead of adding one (a cell larger than ``gSiz`` peaks
+  again beside its first box; its copies took the K of weaker cells).
 - :func:`sparse_nmf`: L1-regularised NMF (``alpha_snmf``) of the smoothed
   (``sigma_smooth_snmf``), baseline-subtracted (``perc_baseline_snmf``) movie,
   for dendrites and other non-round sources.
@@ -93,7 +98,15 @@ def _rank1(Yb, c, n_iter):
     return a, c
 
 
-def greedy_roi(Y, K, gSig, gSiz, nIter=5, kernel=None, rolling_sum=True, rolling_length=100):
+def _corr(c, C):
+    """Pearson correlation of trace ``c`` with each row of ``C``."""
+    cc = c - c.mean()
+    Cc = C - C.mean(1, keepdim=True)
+    return (Cc @ cc) / (Cc.norm(dim=1) * cc.norm()).clamp_min(1e-12)
+
+
+def greedy_roi(Y, K, gSig, gSiz, nIter=5, kernel=None, rolling_sum=True, rolling_length=100,
+               same_thr=None):
     """Greedy search of ``K`` components in a (h, w, T) movie.
 
     Parameters
@@ -110,6 +123,13 @@ def greedy_roi(Y, K, gSig, gSiz, nIter=5, kernel=None, rolling_sum=True, rolling
     rolling_sum, rolling_length
         Score pixels by the largest sum of filtered energy over a window
         of ``rolling_length`` frames instead of the whole movie.
+    same_thr : float, optional
+        A new box whose trace correlates at ``same_thr`` or more with a
+        component whose box it touches is more of that component (a cell
+        larger than the box leaves a residual that peaks again beside it):
+        the component is refitted on the union of both boxes instead of a
+        new one being added, so that ``K`` goes to other cells. ``None``:
+        every box is a new component (the original greedy search).
 
     Returns
     -------
@@ -134,8 +154,22 @@ def greedy_roi(Y, K, gSig, gSiz, nIter=5, kernel=None, rolling_sum=True, rolling
     v = _energy(rho, rolling_sum, rolling_length)
     A = torch.zeros((h, w, K), device=dev)
     C = torch.zeros((K, T), device=dev)
+    boxes = np.zeros((K, 4), dtype=int)
     centers = np.zeros((K, 2), dtype=int)
     picked = torch.zeros((h, w), dtype=torch.bool, device=dev)
+
+    def update_filtered(y0, y1, x0, x1, a_img, c, sign):
+        """rho -= sign * filt(a) c near the box; rescore there."""
+        ey0, ey1 = max(0, y0 - kh // 2), min(h, y1 + kh // 2)
+        ex0, ex1 = max(0, x0 - kw // 2), min(w, x1 + kw // 2)
+        canvas = torch.zeros((ey1 - ey0, ex1 - ex0), device=dev)
+        canvas[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = a_img
+        fa = F.conv2d(canvas[None, None], kern[None, None], padding=(kh // 2, kw // 2))[0, 0]
+        fa = fa[:ey1 - ey0, :ex1 - ex0]
+        rho[ey0:ey1, ex0:ex1] -= sign * fa[..., None] * c
+        v[ey0:ey1, ex0:ex1] = _energy(rho[ey0:ey1, ex0:ex1], rolling_sum, rolling_length) \
+            * ~picked[ey0:ey1, ex0:ex1]
+
     n = 0
     for _attempt in range(3 * K):
         if n == K:
@@ -147,29 +181,90 @@ def greedy_roi(Y, K, gSig, gSiz, nIter=5, kernel=None, rolling_sum=True, rolling
         y0, y1 = max(0, i - half[0]), min(h, i + half[0] + 1)
         x0, x1 = max(0, j - half[1]), min(w, j + half[1] + 1)
         box = Y[y0:y1, x0:x1]
-        Yb = box.reshape(-1, T)
-        a, c = _rank1(Yb, rho[i, j].clone(), nIter)
+        a, c = _rank1(box.reshape(-1, T), rho[i, j].clone(), nIter)
         picked[i, j] = True
         if float(c.max()) <= 0:
             v[i, j] = 0
             continue
-        a_img = a.reshape(y1 - y0, x1 - x0)
-        A[y0:y1, x0:x1, n] = a_img
-        C[n] = c
-        centers[n] = (i, j)
-        n += 1
-        box -= a_img[..., None] * c
-        # the filtered movie changes within the kernel's reach of the box
-        ey0, ey1 = max(0, y0 - kh // 2), min(h, y1 + kh // 2)
-        ex0, ex1 = max(0, x0 - kw // 2), min(w, x1 + kw // 2)
-        canvas = torch.zeros((ey1 - ey0, ex1 - ex0), device=dev)
-        canvas[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = a_img
-        fa = F.conv2d(canvas[None, None], kern[None, None], padding=(kh // 2, kw // 2))[0, 0]
-        fa = fa[:ey1 - ey0, :ex1 - ex0]
-        rho[ey0:ey1, ex0:ex1] -= fa[..., None] * c
-        v[ey0:ey1, ex0:ex1] = _energy(rho[ey0:ey1, ex0:ex1], rolling_sum, rolling_length) \
-            * ~picked[ey0:ey1, ex0:ex1]
+        owner = -1
+        if same_thr is not None and n:
+            # components whose box touches this one
+            bx = boxes[:n]
+            touch = (bx[:, 0] <= y1) & (bx[:, 1] >= y0) & (bx[:, 2] <= x1) & (bx[:, 3] >= x0)
+            cand = np.flatnonzero(touch)
+            if cand.size:
+                r = _corr(c, C[torch.as_tensor(cand, device=dev)]).cpu().numpy()
+                if r.max() >= same_thr:
+                    owner = int(cand[r.argmax()])
+        if owner < 0:
+            a_img = a.reshape(y1 - y0, x1 - x0)
+            A[y0:y1, x0:x1, n] = a_img
+            C[n] = c
+            centers[n] = (i, j)
+            boxes[n] = (y0, y1, x0, x1)
+            n += 1
+            box -= a_img[..., None] * c
+            update_filtered(y0, y1, x0, x1, a_img, c, 1.0)
+            continue
+        # more of component `owner`: put it back and fit both boxes as one
+        oy0, oy1, ox0, ox1 = boxes[owner]
+        uy0, uy1, ux0, ux1 = min(y0, oy0), max(y1, oy1), min(x0, ox0), max(x1, ox1)
+        a_old = A[uy0:uy1, ux0:ux1, owner].clone()
+        c_old = C[owner].clone()
+        ub = Y[uy0:uy1, ux0:ux1]
+        ub += a_old[..., None] * c_old
+        update_filtered(uy0, uy1, ux0, ux1, a_old, c_old, -1.0)
+        a2, c2 = _rank1(ub.reshape(-1, T), c_old + c, nIter)
+        a2_img = a2.reshape(uy1 - uy0, ux1 - ux0)
+        A[uy0:uy1, ux0:ux1, owner] = a2_img
+        C[owner] = c2
+        boxes[owner] = (uy0, uy1, ux0, ux1)
+        ub -= a2_img[..., None] * c2
+        update_filtered(uy0, uy1, ux0, ux1, a2_img, c2, 1.0)
     return A[..., :n], C[:n], centers[:n]
+
+
+def pixel_baseline(Y, window):
+    """Slow baseline of each pixel of a (h, w, T) movie: the median of each
+    run of ``window`` frames, linearly interpolated between the runs'
+    centres and flat beyond the first and last (one median for the whole
+    movie when it holds under two runs).
+
+    Photobleaching and slow drifts of the resting fluorescence are not
+    neurons' activity: with one median per pixel subtracted they leave a
+    positive excursion over the first part of the recording that the
+    greedy search takes for a component (and that correlates neighbouring
+    traces, so that distinct cells merge).
+
+    Returns
+    -------
+    meds : (h, w, n) tensor, the runs' medians
+    centres : (n,) tensor, the runs' centres (frames)
+    """
+    T = Y.shape[-1]
+    n = T // max(1, int(window))
+    if n < 2:
+        return Y.median(-1, keepdim=True).values, torch.zeros(1, device=Y.device)
+    L = T // n
+    meds = torch.stack([Y[..., i * L:(i + 1) * L].median(-1).values for i in range(n)], -1)
+    centres = (torch.arange(n, device=Y.device, dtype=torch.float32) + 0.5) * L - 0.5
+    return meds, centres
+
+
+def add_baseline(Y, meds, centres, sign=1.0, chunk=256):
+    """``Y += sign * baseline`` in place (see :func:`pixel_baseline`), a
+    ``chunk`` of frames at a time so that no second movie is formed."""
+    T = Y.shape[-1]
+    n = meds.shape[-1]
+    for t0 in range(0, T, chunk):
+        t = torch.arange(t0, min(T, t0 + chunk), device=Y.device, dtype=torch.float32)
+        if n == 1:
+            Y[..., t0:t0 + t.numel()] += sign * meds
+            continue
+        k = torch.searchsorted(centres, t).clamp(1, n - 1)
+        wgt = ((t - centres[k - 1]) / (centres[k] - centres[k - 1])).clamp(0, 1)
+        Y[..., t0:t0 + t.numel()] += sign * (meds[..., k - 1] * (1 - wgt) + meds[..., k] * wgt)
+    return Y
 
 
 def gaussian_smooth(Y, sigmas):
@@ -296,7 +391,8 @@ def downsample_masks(A, dims, ssub):
 def initialize(stats, dims, K, nb, *, method_init="greedy_roi", gSig=(5, 5), gSiz=None,
                nIter=5, rolling_sum=True, rolling_length=100, kernel=None, maxIter=5,
                normalize_init=True, alpha_snmf=100.0, max_iter_snmf=500,
-               sigma_smooth_snmf=(0.5, 0.5, 0.5), perc_baseline_snmf=20, Ain=None, T=None):
+               sigma_smooth_snmf=(0.5, 0.5, 0.5), perc_baseline_snmf=20, Ain=None, T=None,
+               same_thr=None):
     """Initial ``A, C, b, f`` at full resolution from :class:`PixelStats`.
 
     Parameters
@@ -308,6 +404,9 @@ def initialize(stats, dims, K, nb, *, method_init="greedy_roi", gSig=(5, 5), gSi
         Components and background components.
     Ain : (d, K) tensor, optional
         Seeded mode: given footprints; only traces and background are fit.
+    same_thr : float, optional
+        ``greedy_roi``: trace correlation at which a new box touching a
+        component is more of it (:func:`greedy_roi`).
 
     Returns
     -------
@@ -339,11 +438,14 @@ def initialize(stats, dims, K, nb, *, method_init="greedy_roi", gSig=(5, 5), gSi
             gSig = [float(s) / ssub for s in gSig]
             gSiz = [2 * s * ssub + 1 for s in gSig] if gSiz is None else gSiz
             gSiz = [max(3, int(round(float(s) / ssub))) for s in gSiz]
-            Yg = (Yn - med.reshape(w, h).T[..., None]).contiguous()
+            # activity, not slow drift (bleaching), is what the search looks for
+            meds, centres = pixel_baseline(Yn, max(1, int(round(rolling_length / stats.tsub))))
+            Yg = add_baseline(Yn.clone(), meds, centres, -1.0)
             Aimg, C0, _ = greedy_roi(Yg, int(K), gSig, gSiz, nIter, kernel, rolling_sum,
-                                     max(1, int(round(rolling_length / stats.tsub))))
+                                     max(1, int(round(rolling_length / stats.tsub))),
+                                     same_thr=same_thr)
             An = Aimg.permute(1, 0, 2).reshape(h * w, -1)
-            R = Yg.permute(1, 0, 2).reshape(h * w, Td) + med[:, None]
+            R = add_baseline(Yg, meds, centres).permute(1, 0, 2).reshape(h * w, Td)
             del Yg
         elif method_init == "sparse_NMF":
             An, C0 = sparse_nmf(Yn, int(K), alpha_snmf, max_iter_snmf, sigma_smooth_snmf,

@@ -29,6 +29,9 @@ _RANK1_ITERS = 15
 # movies) would be one neuron; 0.2 of the peak is where the ROI masks of
 # the scores (metrics.binary_masks) and CaImAn's contours are drawn.
 OVERLAP_REL = 0.2
+# Two components are copies of one neuron (find_copies) when at least this
+# share of the smaller one's core lies in the other's core.
+COPY_OVERLAP = 0.5
 
 
 def find_merges(A, C, thr=0.8, max_merge_area=None):
@@ -49,11 +52,55 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     K = A.shape[1]
     if K < 2:
         return []
-    dev = C.device
     overlap = fp.overlap_counts(_cores(A)) > 0
+    groups = _linked_groups(overlap, _trace_corr(C), thr, C.device)
+    if max_merge_area is not None and groups:
+        _, _, _, _, _, um = _member_entries(A, groups)
+        area = torch.bincount(um, minlength=len(groups)).cpu().numpy()
+        groups = [g for g, a in zip(groups, area) if a <= max_merge_area]
+    return groups
+
+
+def find_copies(A, C, thr=0.8, min_overlap=None):
+    """Groups of components that are copies of one neuron (found twice, e.g.
+    by two patches whose overlap holds it).
+
+    Two components are copies when most of the smaller one's core (its part
+    at or above ``OVERLAP_REL`` of its peak) lies in the other's core (at
+    least ``min_overlap``, default ``COPY_OVERLAP``, of the smaller core's
+    pixels) and their traces correlate at ``thr`` or more. Unlike
+    :func:`find_merges`, which also joins the pieces of a neuron split in
+    two (cores that only touch), this is meant to run once where copies
+    are expected, before the components have been refined together: two
+    neighbours whose first traces still mix each other's activity touch,
+    but neither lies within the other. Groups are clusters whose members
+    are all copies of each other (:func:`_clusters`).
+
+    Returns
+    -------
+    list of LongTensor (each of length >= 2)
+    """
+    K = A.shape[1]
+    if K < 2:
+        return []
+    min_overlap = COPY_OVERLAP if min_overlap is None else float(min_overlap)
+    inter = fp.overlap_counts(_cores(A)).float()
+    size = torch.diagonal(inter)
+    within = inter >= min_overlap * torch.minimum(size[:, None], size[None, :]).clamp_min(1)
+    within &= inter > 0
+    return _linked_groups(within, _trace_corr(C), thr, C.device)
+
+
+def _trace_corr(C):
     Cc = C - C.mean(1, keepdim=True)
     nrm = Cc.norm(dim=1).clamp_min(1e-12)
-    corr = (Cc @ Cc.T) / (nrm[:, None] * nrm[None, :])
+    return (Cc @ Cc.T) / (nrm[:, None] * nrm[None, :])
+
+
+def _linked_groups(overlap, corr, thr, dev):
+    """Clusters (:func:`_clusters`) of the connected groups of links
+    ``overlap & corr >= thr``."""
+    K = overlap.shape[0]
     link = overlap & (corr >= thr)
     link.fill_diagonal_(False)
     ii, jj = torch.nonzero(link, as_tuple=True)
@@ -68,10 +115,6 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     groups = []
     for lab in np.flatnonzero(sizes >= 2):
         groups.extend(_clusters(np.flatnonzero(labels == lab), corr_np, over_np, thr))
-    if max_merge_area is not None and groups:
-        _, _, _, _, _, um = _member_entries(A, groups)
-        area = torch.bincount(um, minlength=len(groups)).cpu().numpy()
-        groups = [g for g, a in zip(groups, area) if a <= max_merge_area]
     return [torch.as_tensor(g, device=dev) for g in groups]
 
 

@@ -29,11 +29,10 @@ from .background import compress_background
 from .dispatch import MovieHandle, map_patches, movie_handle
 from . import footprints as fp
 from .engine import Model, fit_fov, merge_step, model_from_numpy, model_to_numpy, temporal_step
+from .merging import find_copies
 from .products import MovieMatrix, Region
 from .spatial import background_and_AtY
 from .temporal import residual_traces
-
-_MAX_MERGE_ROUNDS = 10
 
 
 def _pair(v, name):
@@ -269,15 +268,26 @@ def place_patches(regions, models, dims, T, device, border_pix=0):
 
 def resolve_duplicates(model, patch_id, centrality, cfg):
     """Neurons found by two patches: with ``del_duplicates`` the less central
-    copy is deleted, otherwise overlapping correlated copies are merged
-    (rounds of :func:`.engine.merge_step` with ``p_patch``)."""
+    copy is deleted, otherwise the copies of each neuron (most of one's core
+    within the other's, traces correlated at ``merge_thr``:
+    :func:`.merging.find_copies`) are merged, then touching correlated
+    components once more (:func:`.engine.merge_step`, with ``p_patch``).
+
+    Two steps, once each: the patches' components have not yet been
+    refined together, so neighbours cut by a patch's edge still carry some
+    of each other's activity. Merging every overlapping correlated group
+    round after round (until nothing merged) chained such neighbours, and
+    a merged copy with its neighbour, into one two-lobed footprint that the
+    later updates cannot split (hard 2p movies, 96x96x400, seeds 0-5:
+    recall 0.81). Copies first, so that a neuron found by several patches
+    is one component before it is compared with its neighbours."""
     P = cfg["patch"]
     if P["del_duplicates"]:
         model.select(_delete_duplicates(model, patch_id, centrality))
     elif cfg["merge"]["do_merge"]:
-        for _ in range(_MAX_MERGE_ROUNDS):
-            if merge_step(model, cfg, p=int(P["p_patch"])) == 0:
-                break
+        p = int(P["p_patch"])
+        merge_step(model, cfg, p=p, groups=find_copies(model.A, model.C, cfg["merge"]["thr"]))
+        merge_step(model, cfg, p=p)
     return model
 
 
