@@ -344,12 +344,11 @@ def _loop_correlation_pnr(Y, kernel, threshold=3.0):
                 Yf[t, i, j] = acc
     y = Yf - Yf.mean(0)
     # noise: high-frequency band (0.25-0.5 of the frame rate) of the
-    # Hann-tapered power spectrum (one piece: T <= 256)
-    w = np.hanning(T)
-    spec = np.fft.rfft((Yf - Yf.mean(0)) * w[:, None, None], axis=0)
+    # periodogram of the whole trace
+    spec = np.fft.rfft(Yf - Yf.mean(0), axis=0)
     f = np.fft.rfftfreq(T)
-    band = (f >= 0.25) & (f <= 0.5)
-    sn = np.sqrt((np.abs(spec[band]) ** 2).mean(0) / (w ** 2).sum())
+    band = (f > 0.25) & (f <= 0.5)
+    sn = np.sqrt((np.abs(spec[band]) ** 2).mean(0) / T)
     pnr = np.maximum(y.max(0) / sn, 0)
     z = y / sn
     z[z < threshold] = 0
@@ -458,3 +457,37 @@ def test_a_patch_without_neurons_gives_no_components():
     assert out["A"].shape == (32 * 32, 0) and out["C"].shape == (0, 150)
     assert out["b0"].shape == (32 * 32,)
     np.testing.assert_allclose(out["b0"], mov.mean(0).T.ravel(), rtol=1e-4)
+
+
+def test_correlation_pnr_noise_in_pixel_blocks_and_fft_frames(monkeypatch):
+    """The periodogram needs whole traces: with a budget for a few pixels
+    at a time the images are the same; a movie longer than
+    ``max_num_samples_fft`` uses its start, middle and end."""
+    import gpu_cnmf.backend as backend
+    from gpu_cnmf.cnmf.corr_pnr import correlation_pnr, fft_frames, periodogram_noise
+
+    mov, _ = make_movie("1p", dims=(20, 18), n_frames=150, n_neurons=3, seed=2, gSig=(2, 2))
+    mov = np.asarray(mov, dtype=np.float32)
+    Cn, pnr = correlation_pnr(mov, [1.5, 1.5], chunk_frames=40)
+    real = backend.frames_per_chunk
+    monkeypatch.setattr(backend, "frames_per_chunk",
+                        lambda *a, **k: 7 if k.get("copies") == 3 else real(*a, **k))
+    Cn2, pnr2 = correlation_pnr(mov, [1.5, 1.5], chunk_frames=40)       # 360 px in blocks of 16
+    np.testing.assert_allclose(Cn2, Cn, atol=1e-6)
+    np.testing.assert_allclose(pnr2, pnr, rtol=1e-6)
+    sel = fft_frames(150, 60)
+    np.testing.assert_array_equal(sel, np.r_[0:20, 65:85, 130:150])
+    np.testing.assert_array_equal(fft_frames(150), np.arange(150))
+    monkeypatch.setattr(backend, "frames_per_chunk", real)
+    _, pnr3 = correlation_pnr(mov, [1.5, 1.5], max_num_samples_fft=60)
+    from gpu_cnmf.cnmf.corr_pnr import seed_kernel, spatial_filter
+    import torch
+    Yf = spatial_filter(torch.as_tensor(mov), seed_kernel([1.5, 1.5]), border="replicate")
+    sn = periodogram_noise(Yf[torch.as_tensor(sel)].reshape(60, -1)).reshape(20, 18).numpy()
+    y = Yf.numpy() - Yf.numpy().mean(0)
+    np.testing.assert_allclose(pnr3, np.maximum(y.max(0) / sn, 0), rtol=1e-4, atol=1e-4)
+    # white noise: the periodogram's band averages to its variance
+    rng = np.random.default_rng(0)
+    w = torch.as_tensor(rng.standard_normal((4000, 50)) * 2.0)
+    for method in ("mean", "median", "logmexp"):
+        assert abs(float(periodogram_noise(w, noise_method=method).mean()) - 2.0) < 0.05

@@ -64,6 +64,16 @@ def ref_noise(X, seg=256, band=(0.25, 0.5)):
     return np.sqrt(acc / n / (w ** 2).sum())
 
 
+def ref_periodogram_noise(X, band=(0.25, 0.5)):
+    """Periodogram of the whole trace (CNMF-E's correlation_pnr), power
+    averaged over the band."""
+    T = X.shape[0]
+    spec = np.fft.rfft(X - X.mean(0), axis=0)
+    f = np.fft.rfftfreq(T)
+    sel = (f > band[0]) & (f <= band[1])
+    return np.sqrt((np.abs(spec[sel]) ** 2).mean(0) / T)
+
+
 class FakeSource:
     """Just the MovieSource surface summary.py relies on."""
 
@@ -191,7 +201,7 @@ def test_pnr_and_correlation_pnr_match_numpy(device):
     k = psf_kernel(2, True)
     # CNMF-E's seed filter repeats the edge pixels ('nearest'; OpenCV's BORDER_REPLICATE)
     Xf = np.stack([ndi.correlate(y, k, mode="nearest") for y in Yd])
-    snf = ref_noise(Xf)
+    snf = ref_periodogram_noise(Xf)
     pnr_ref = np.clip((Xf.max(0) - Xf.mean(0)) / snf, 0, None)
     Z = (Xf - Xf.mean(0)) / snf
     Z[Z < 3] = 0

@@ -149,9 +149,55 @@ def seed_kernel(gSig, center_psf=True, background_filter="disk"):
     return g - 1.0 / g.size
 
 
+def fft_frames(T, max_num_samples_fft=3072):
+    """Frames whose periodogram gives a pixel's noise: all of them, or, when
+    there are more than ``max_num_samples_fft``, a third of that many from
+    the start, the middle and the end of the recording (CaImAn's documented
+    bound on the cost of its noise FFT)."""
+    m = int(max_num_samples_fft)
+    if m < 16:
+        raise ParameterError(f"max_num_samples_fft: expected an int >= 16, got {max_num_samples_fft!r}")
+    if T <= m:
+        return np.arange(T)
+    n3 = m // 3
+    mid = T // 2 - n3 // 2
+    return np.concatenate([np.arange(n3), np.arange(mid, mid + n3), np.arange(T - n3, T)])
+
+
+def periodogram_noise(y, noise_range=(0.25, 0.5), noise_method="mean"):
+    """Noise std of each column of ``y`` (n frames, P pixels) from the
+    periodogram of the whole column (no taper, no pieces): the bins at
+    frequencies in ``(lo, hi]`` of the frame rate, ``|FFT|^2 / n``, each of
+    mean ``sn**2`` for white noise, averaged by ``noise_method`` ('median'
+    and 'logmexp' divided by their bias for exponential bins, as in
+    :mod:`gpu_cnmf.deconvolution.noise`). Returns (P,) float64."""
+    from ..deconvolution.noise import _LOGMEXP_BIAS, _MEDIAN_BIAS, check_noise_params
+
+    lo, hi = check_noise_params(noise_range, noise_method)
+    n = y.shape[0]
+    f = torch.arange(n // 2 + 1, dtype=torch.float64, device=y.device) / n
+    band = ((f > lo) & (f <= hi)).nonzero().flatten()
+    if band.numel() == 0:
+        raise ParameterError(f"noise_range: {tuple(noise_range)!r} holds no frequency bin for "
+                             f"{n} frames")
+    out = torch.empty(y.shape[1], dtype=torch.float64, device=y.device)
+    step = max(1, _CHUNK_ELEMS // max(1, n))
+    for p0 in range(0, y.shape[1], step):
+        X = torch.fft.rfft(y[:, p0:p0 + step], dim=0).index_select(0, band)
+        pxx = torch.view_as_real(X).square().sum(-1).double() / n
+        if noise_method == "mean":
+            v = pxx.mean(0)
+        elif noise_method == "median":
+            v = pxx.median(0).values / _MEDIAN_BIAS
+        else:
+            v = torch.exp(torch.log(pxx.clamp_min(1e-300)).mean(0)) / _LOGMEXP_BIAS
+        out[p0:p0 + step] = v.sqrt()
+    return out
+
+
 def correlation_pnr(Y, gSig=None, center_psf=True, swap_dim=False, background_filter="disk",
                     threshold=Z_THRESHOLD, noise_range=(0.25, 0.5), noise_method="mean",
-                    use_cuda=False, chunk_frames=None):
+                    use_cuda=False, chunk_frames=None, max_num_samples_fft=3072):
     """CNMF-E's correlation and peak-to-noise ratio (PNR) images.
 
     The definition (Zhou et al. 2018, eLife, and CaImAn's documented
@@ -162,16 +208,20 @@ def correlation_pnr(Y, gSig=None, center_psf=True, swap_dim=False, background_fi
        the frame; ``gSig=None`` skips the filter;
     2. the filtered trace ``y`` of each pixel has its temporal mean removed;
        its noise ``sn`` is read from the high-frequency part
-       (``noise_range``, fractions of the frame rate) of its power spectral
-       density (Hann-tapered 256-frame pieces, ``noise_method`` over the
-       band); ``pnr = max_t y / sn``, negative values set to 0;
+       (``noise_range``, fractions of the frame rate) of the periodogram of
+       the whole trace (:func:`periodogram_noise`; over the frames of
+       :func:`fft_frames` when it is longer than ``max_num_samples_fft``);
+       ``pnr = max_t y / sn``, negative values set to 0;
     3. ``z = y / sn`` with values below ``threshold`` (3) set to 0, so only
        large positive transients remain; ``Cn`` is, for each pixel, the mean
        Pearson correlation of ``z`` with that of each of its 8 neighbours
        (those inside the frame); a constant ``z`` correlates 0.
 
-    Two passes over the movie, chunk by chunk (mean, maximum and noise;
-    then the thresholded correlations).
+    Two passes over the movie, chunk by chunk (mean, maximum, and the
+    filtered frames the periodogram needs; then the thresholded
+    correlations). The periodogram needs each pixel's whole trace: the
+    filtered frames it uses are held for as many pixels as the memory
+    budget allows, and the first pass is repeated for the others.
 
     Parameters
     ----------
@@ -186,13 +236,15 @@ def correlation_pnr(Y, gSig=None, center_psf=True, swap_dim=False, background_fi
     noise_range, noise_method
     use_cuda : bool or device
     chunk_frames : int, optional
+    max_num_samples_fft : int
+        At most this many frames enter a pixel's periodogram.
 
     Returns
     -------
     Cn, pnr : float32 ndarray (d1, d2)
     """
-    from ..backend import get_device
-    from ..summary import _accumulate, _host, _WelchNoise, iter_movie, movie_shape
+    from ..backend import frames_per_chunk, get_device
+    from ..summary import _accumulate, _host, iter_movie, movie_shape
 
     device = get_device(use_cuda)
     kernel = None if gSig is None else seed_kernel(gSig, center_psf, background_filter)
@@ -203,13 +255,31 @@ def correlation_pnr(Y, gSig=None, center_psf=True, swap_dim=False, background_fi
     T, dims = movie_shape(Y, swap_dim)
     if len(dims) != 2:
         raise ParameterError(f"Y: correlation_pnr needs 2D frames, got frames of shape {tuple(dims)}")
+    sel = fft_frames(T, max_num_samples_fft)
+    n, d = sel.size, int(dims[0]) * int(dims[1])
+    if n < 8:
+        raise ParameterError(f"Y: at least 8 frames are needed to estimate the noise, got {n}")
+    # pixels whose periodogram frames are held at once (the buffer and the FFT's)
+    fit = frames_per_chunk(dims, itemsize=4, copies=3, device=device, max_frames=n)
+    block = d if fit >= n else max(1, fit * d // n)
+    sel_t = torch.as_tensor(sel, device=device)
     mom = PixelMoments(dims=tuple(dims), device=device)
-    noise = _WelchNoise(T, tuple(dims), device, tuple(noise_range), noise_method)
-    for _s, x in iter_movie(Y, chunk_frames, device, swap_dim, copies=8):
-        x = filt(x)
-        mom.update(x)
-        noise.update(x)
-    sn = noise.std()
+    sn = torch.empty(d, dtype=torch.float64, device=device)
+    for p0 in range(0, d, block):
+        p1 = min(d, p0 + block)
+        buf = torch.empty((n, p1 - p0), dtype=torch.float32, device=device)
+        for s, x in iter_movie(Y, chunk_frames, device, swap_dim, copies=8):
+            lo, hi = np.searchsorted(sel, [s, s + x.shape[0]])
+            if p0 and lo == hi:
+                continue
+            x = filt(x)
+            if p0 == 0:
+                mom.update(x)
+            if hi > lo:
+                buf[lo:hi] = x.reshape(x.shape[0], d)[sel_t[lo:hi] - s, p0:p1]
+        sn[p0:p1] = periodogram_noise(buf, noise_range, noise_method)
+        del buf
+    sn = sn.reshape(tuple(dims))
     mean = mom.mean()
     peak = mom.mx.double() - mean
     pnr = torch.where(sn > 0, peak / sn.clamp_min(1e-300), torch.zeros_like(peak)).clamp_min(0)
@@ -225,7 +295,6 @@ def correlation_pnr(Y, gSig=None, center_psf=True, swap_dim=False, background_fi
     return _host(cmom.correlation_image()), _host(pnr)
 
 
-
 def filter_movie(frames, kernel):
     """The seed filter (:func:`seed_kernel`, edges replicated) over
     (T, d1, d2) in chunks."""
@@ -237,19 +306,16 @@ def filter_movie(frames, kernel):
     return out
 
 
-def frame_noise(frames, noise_range=(0.25, 0.5), noise_method="mean"):
-    """Noise std of each pixel of (T, d1, d2) frames -> (d1, d2)."""
-    from ..deconvolution import estimate_noise
-
+def frame_noise(frames, noise_range=(0.25, 0.5), noise_method="mean", max_num_samples_fft=3072):
+    """Noise std of each pixel of (T, d1, d2) frames -> (d1, d2): the
+    periodogram of its whole trace, as in :func:`correlation_pnr`."""
     T, d1, d2 = frames.shape
+    sel = fft_frames(T, max_num_samples_fft)
     flat = frames.reshape(T, d1 * d2)
-    out = torch.empty(d1 * d2, dtype=torch.float32, device=frames.device)
-    step = max(1, _CHUNK_ELEMS // T)
-    for p0 in range(0, d1 * d2, step):
-        s = estimate_noise(flat[:, p0:p0 + step].T.contiguous(), noise_range=tuple(noise_range),
-                           noise_method=noise_method)
-        out[p0:p0 + step] = torch.as_tensor(s, device=frames.device, dtype=torch.float32)
-    return out.reshape(d1, d2)
+    if sel.size < T:
+        flat = flat[torch.as_tensor(sel, device=frames.device)]
+    sn = periodogram_noise(flat, noise_range, noise_method)
+    return sn.to(torch.float32).reshape(d1, d2)
 
 
 def corr_pnr_images(Yf, sn, threshold=Z_THRESHOLD):
