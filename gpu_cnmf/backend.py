@@ -337,8 +337,8 @@ def host_budget() -> int:
 
     The user's limit wins (less what the process holds now, at least the
     baseline measured when the limit was set; see the module notes), then
-    ``GPU_CNMF_MEMORY_BUDGET``, then DEFAULT_MEMORY_FRACTION of the free memory capped at _HOST_BUDGET_CAP.
-    At least 1.
+    ``GPU_CNMF_MEMORY_BUDGET``, then DEFAULT_MEMORY_FRACTION of the free
+    memory capped at _HOST_BUDGET_CAP. At least 1.
     """
     return max(1, int(_host_budget() * _SCALE.get("cpu", 1.0)))
 
