@@ -17,7 +17,7 @@ Heavy: run it as ``flock /work/heavy.lock nice -n 5 python benchmarks/accuracy.p
 Usage::
 
     python benchmarks/accuracy.py [--kinds 2p,1p] [--seeds 0,1,2,3]
-        [--dims 200] [--frames 1500] [--neurons-2p 100] [--neurons-1p 60]
+        [--dims 200] [--frames 1500] [--neurons-2p 100] [--neurons-1p 60] [--k-2p K]
         [--real [--real-path ../shared/data/mouse_sofroniew_500x64x64_int16.tif]]
         [--json out.json]
 """
@@ -52,7 +52,8 @@ def run_movie(movie, params, work: Path, name: str):
     return load_results(res.out_path)
 
 
-def score_synthetic(kind: str, seed: int, dims: int, frames: int, neurons: int, work: Path):
+def score_synthetic(kind: str, seed: int, dims: int, frames: int, neurons: int, work: Path,
+                    k_patch: int | None = None):
     from gpu_cnmf.demo import demo_params, score
     from gpu_cnmf.metrics import fragmented_share
     from gpu_cnmf.synthetic import hard_1p, hard_2p
@@ -61,7 +62,10 @@ def score_synthetic(kind: str, seed: int, dims: int, frames: int, neurons: int, 
     make = hard_2p if kind == "2p" else hard_1p
     movie, truth = make(seed, dims=(dims, dims), n_frames=frames, n_neurons=neurons)
     t_gen = time.perf_counter() - t0
-    saved = run_movie(movie, demo_params(truth, use_cuda=False), work, f"{kind}_{seed}")
+    params = demo_params(truth, use_cuda=False)
+    if k_patch is not None and kind == "2p":
+        params.change_params({"init": {"K": int(k_patch)}})
+    saved = run_movie(movie, params, work, f"{kind}_{seed}")
     est = saved["estimates"]
     s = score(truth, est, saved["motion"]["shifts_rig"])
     good = np.asarray(est["idx_components"], dtype=int)
@@ -109,6 +113,9 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=1500)
     ap.add_argument("--neurons-2p", type=int, default=100)
     ap.add_argument("--neurons-1p", type=int, default=60)
+    ap.add_argument("--k-2p", type=int, default=None,
+                    help="2p components per patch instead of demo_params' 8 (an upper bound, as "
+                         "CaImAn's docs advise: more than the cells a patch holds)")
     ap.add_argument("--real", action="store_true", help="also the real movie (fragmentation)")
     ap.add_argument("--real-path", default=str(REAL), help="the real movie (default: %(default)s)")
     ap.add_argument("--json", help="write all rows to this JSON file")
@@ -124,7 +131,7 @@ def main(argv=None):
         for kind in [k for k in a.kinds.split(",") if k]:
             n = a.neurons_2p if kind == "2p" else a.neurons_1p
             for seed in [int(s) for s in a.seeds.split(",") if s]:
-                r = score_synthetic(kind, seed, a.dims, a.frames, n, work)
+                r = score_synthetic(kind, seed, a.dims, a.frames, n, work, a.k_2p)
                 rows.append(r)
                 print(f"{kind} seed {seed}: {r['n_found']} found / {r['n_accepted']} accepted / "
                       f"{r['neurons']} true; " + ", ".join(f"{k} {r[k]:.3f}" for k in keys)
