@@ -299,18 +299,29 @@ class MovieMatrix:
         and used in the product (a per-pixel update fused into this pass);
         then ``(AtY, b)`` is returned.
         """
-        if b_from_block is not None:
-            return self._AtY_new_b(A, b, b_from_block)
-        if b is not None and not fp.is_sparse(A):
+        if b_from_block is not None and self.layout != "pixels":
+            raise ValueError("b_from_block: needs a pixel-major movie (pixel blocks)")
+        if b is not None and b_from_block is None and not fp.is_sparse(A):
             A, b = torch.cat([A, b], 1), None
         nb = 0 if b is None else b.shape[1]
         K = A.shape[1]
         out = torch.zeros((K + nb, self.T), dtype=torch.float32, device=self.device)
+        b_new = None if b_from_block is None else torch.zeros_like(b)
         if K + nb == 0:
-            return out
+            return out if b_new is None else (out, b_new)
         if self.exclude is not None:
             A = fp.zero_pixels(A, ~self.exclude)
             b = None if b is None else b * self.exclude[:, None]
+
+        def b_rows(p0, p1, Yb):
+            if b_new is None:
+                return b[p0:p1]
+            bb = b_from_block(p0, p1, Yb)
+            if self.exclude is not None:
+                bb = bb * self.exclude[p0:p1, None]
+            b_new[p0:p1] = bb
+            return bb
+
         if self.layout == "frames":
             perm = self._c_order()
             Ac = fp.rows(A, perm)
@@ -330,36 +341,13 @@ class MovieMatrix:
                 Yn = Yb.numpy()
                 acc[:K] += (As[p0:p1].T @ Yn).astype(np.float32, copy=False)
                 if nb:
-                    acc[K:] += b[p0:p1].numpy().T @ Yn
-            return out
-        for p0, p1, Yb in self.blocks():
-            out[:K] += fp.t_matmul(fp.row_block(A, p0, p1), Yb)
-            if nb:
-                out[K:] += b[p0:p1].T @ Yb
-        return out
-
-    def _AtY_new_b(self, A, b, b_from_block):
-        if self.layout != "pixels":
-            raise ValueError("b_from_block: needs a pixel-major movie (pixel blocks)")
-        K, nb = A.shape[1], b.shape[1]
-        if self.exclude is not None:
-            A = fp.zero_pixels(A, ~self.exclude)
-        out = torch.zeros((K + nb, self.T), dtype=torch.float32, device=self.device)
-        b_new = torch.zeros_like(b)
-        sparse_cpu = self.device.type == "cpu" and fp.is_sparse(A)
-        As = fp.to_scipy(A).tocsr() if sparse_cpu else None
-        for p0, p1, Yb in self.blocks():
-            bb = b_from_block(p0, p1, Yb)
-            if self.exclude is not None:
-                bb = bb * self.exclude[p0:p1, None]
-            b_new[p0:p1] = bb
-            if sparse_cpu:
-                out[:K] += torch.from_numpy((As[p0:p1].T @ Yb.numpy()).astype(np.float32,
-                                                                              copy=False))
-            else:
+                    acc[K:] += b_rows(p0, p1, Yb).numpy().T @ Yn
+        else:
+            for p0, p1, Yb in self.blocks():
                 out[:K] += fp.t_matmul(fp.row_block(A, p0, p1), Yb)
-            out[K:] += bb.T @ Yb
-        return out, b_new
+                if nb:
+                    out[K:] += b_rows(p0, p1, Yb).T @ Yb
+        return out if b_new is None else (out, b_new)
 
     def CYt(self, C):
         """``C Y'`` for ``C`` (K, T) on the device -> (K, d), i.e. ``(Y C')'``."""
