@@ -114,8 +114,8 @@ def main(argv=None):
     ap.add_argument("--neurons-2p", type=int, default=100)
     ap.add_argument("--neurons-1p", type=int, default=60)
     ap.add_argument("--k-2p", type=int, default=None,
-                    help="2p components per patch instead of demo_params' 8 (an upper bound, as "
-                         "CaImAn's docs advise: more than the cells a patch holds)")
+                    help="2p components per patch instead of demo_params' (demo.patch_K: 1.25 times "
+                         "the cells a patch holds on average)")
     ap.add_argument("--real", action="store_true", help="also the real movie (fragmentation)")
     ap.add_argument("--real-path", default=str(REAL), help="the real movie (default: %(default)s)")
     ap.add_argument("--json", help="write all rows to this JSON file")

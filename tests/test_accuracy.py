@@ -80,60 +80,64 @@ def test_footprint_pieces():
 
 
 # ------------------------------------------------ the pipeline on hard movies
-def _run(kind, tmp_path, **size):
+def _run(kind, seed, tmp_path, **size):
     import tifffile
 
     from gpu_cnmf.demo import demo_params, score
     from gpu_cnmf.io import load_results
     from gpu_cnmf.pipeline import run_pipeline
 
-    movie, truth = (hard_2p if kind == "2p" else hard_1p)(0, **size)
-    tif = tmp_path / "hard.tif"
+    movie, truth = (hard_2p if kind == "2p" else hard_1p)(seed, **size)
+    tif = tmp_path / f"hard{seed}.tif"
     tifffile.imwrite(tif, movie)
     res = run_pipeline([str(tif)], demo_params(truth, use_cuda=False),
-                       str(tmp_path / "hard.hdf5"), progress=False)
+                       str(tmp_path / f"hard{seed}.hdf5"), progress=False)
     saved = load_results(res.out_path)
     est = saved["estimates"]
     s = score(truth, est, saved["motion"]["shifts_rig"])
     good = np.asarray(est["idx_components"], dtype=int)
     s["fragmented"] = fragmented_share(est["A"][:, good], truth.dims)
-    print(kind, {k: round(float(v), 3) for k, v in s.items()})
+    print(kind, seed, {k: round(float(v), 3) for k, v in s.items()})
     return s
 
 
-# Small versions of benchmarks/accuracy.py's movies (seed 0). Measured
-# figures are in the comments; the asserted levels leave a margin. The
-# issue's targets (1p: F1 accepted >= 0.95, all >= 0.90, trace r >= 0.90;
-# 2p: accepted >= 0.93, all >= 0.92) are NOT reached yet: see
-# benchmarks/RESULTS.md (issue 15).
-HARD_2P = dict(dims=(80, 80), n_frames=400, n_neurons=18)
-HARD_1P = dict(dims=(80, 80), n_frames=400, n_neurons=12)
+def _mean_over_seeds(kind, tmp_path, seeds=(0, 1), **size):
+    runs = [_run(kind, seed, tmp_path, **size) for seed in seeds]
+    out = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    out["fragmented"] = max(r["fragmented"] for r in runs)
+    return out
+
+
+# Small versions of benchmarks/accuracy.py's movies, seeds 0 and 1, scored
+# against the issue's targets (2p: F1 accepted >= 0.93, all >= 0.92; 1p:
+# F1 accepted >= 0.95, all >= 0.90, median trace r >= 0.90; fewer than 10 %
+# of accepted footprints in more than one piece at 20 % of their peak).
+# 1,000 frames: at 400 the hard movies' sparse bursts leave a few cells
+# silent or nearly (2p 80x80x400, 4 seeds: F1 all 0.902, accepted 0.921).
+HARD_2P = dict(dims=(96, 96), n_frames=1000, n_neurons=25)
+HARD_1P = dict(dims=(96, 96), n_frames=1000, n_neurons=15)
 
 
 def test_pipeline_on_hard_2p(tmp_path):
-    # measured: F1 accepted 0.941, all 0.941 (16 found, 16 accepted, 18
-    # true; precision 1.0, recall 0.89), trace r 0.998, fragmented 1/16
-    s = _run("2p", tmp_path, **HARD_2P)
-    assert s["f1"] >= 0.90
-    assert s["f1_all"] >= 0.90
+    # measured (session 8), seeds 0 / 1: F1 accepted 0.960 / 0.941, all
+    # 0.941 / 0.941 (26 found, 25 and 26 accepted, 25 true), trace r 0.997 /
+    # 0.998, fragmented 0 / 0
+    s = _mean_over_seeds("2p", tmp_path, **HARD_2P)
+    assert s["f1"] >= 0.93
+    assert s["f1_all"] >= 0.92
     assert s["trace_r"] >= 0.95
     assert s["fragmented"] < 0.10
 
 
 def test_pipeline_on_hard_1p(tmp_path):
-    # measured with the seed images' noise from the whole-trace periodogram
-    # (session 7): F1 accepted 0.857, all 0.87 (11 found, 9 accepted, 12
-    # true; precision 1.0, recall 0.75), trace r 0.962, fragmented 2/9.
-    # With the first seed search on Y - B (session 6): 0.857 / 0.80, 13
-    # found. Before (seeds from
-    # the raw movie, where vessel-shadow edges seed false neurons): 0.60 /
-    # 0.36, 38 found, 18 accepted, trace r 0.968, fragmented 3/18; the 10 %
-    # fragmentation target is not met.
-    s = _run("1p", tmp_path, **HARD_1P)
-    assert s["f1"] >= 0.75
-    assert s["f1_all"] >= 0.80
-    assert s["trace_r"] >= 0.93
-    assert s["fragmented"] <= 0.30
+    # measured (session 8), seeds 0 / 1: F1 accepted 0.968 / 0.966, all
+    # 0.909 / 0.933 (18 and 15 found, 16 and 14 accepted, 15 true), trace r
+    # 0.965 / 0.968, fragmented 0 / 0
+    s = _mean_over_seeds("1p", tmp_path, **HARD_1P)
+    assert s["f1"] >= 0.95
+    assert s["f1_all"] >= 0.90
+    assert s["trace_r"] >= 0.90
+    assert s["fragmented"] < 0.10
 
 
 def test_merging_does_not_chain_through_mixed_components():
@@ -162,6 +166,39 @@ def test_merging_does_not_chain_through_mixed_components():
     assert groups and all(not ({0, 4} <= g) for g in groups)
     assert all(not ({0, 2} <= g or {2, 4} <= g) for g in groups)
     assert any({0, 5} <= g for g in groups)                # the true duplicate merges
+
+
+def test_merging_joins_copies_whose_traces_split_the_neuron():
+    """Two copies of one neuron (footprints alike to a cosine of 0.97) whose
+    traces each took some of its transients correlate far below merge_thr,
+    yet are one neuron and merge; a neighbour overlapping them (cosine
+    0.57) with its own activity does not join."""
+    import torch
+
+    from gpu_cnmf.cnmf.merging import SAME_FOOTPRINT, find_merges
+
+    d = (40, 40)
+    yy, xx = np.mgrid[:d[0], :d[1]]
+
+    def blob(y, x):
+        return np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 3.0 ** 2)).ravel(order="F")
+
+    A = np.stack([blob(20, 20), blob(20, 21), blob(20, 24.5)], 1)
+    An = A / np.linalg.norm(A, axis=0)
+    cos = An.T @ An
+    assert cos[0, 1] >= SAME_FOOTPRINT > cos[0, 2] > 0.5
+    rng = np.random.default_rng(1)
+    T = 600
+    spikes = (rng.random(T) < 0.03) * rng.uniform(1, 3, T)
+    take = rng.random(T) < 0.5                      # which copy took each transient
+    kern = 0.9 ** np.arange(60)
+    trace = lambda s: np.convolve(s, kern)[:T]      # noqa: E731
+    C = np.stack([trace(spikes * take), trace(spikes * ~take),
+                  trace((rng.random(T) < 0.03) * rng.uniform(1, 3, T))])
+    assert np.corrcoef(C[0], C[1])[0, 1] < 0.5
+    t = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    groups = [set(g.tolist()) for g in find_merges(t(A), t(C), thr=0.85)]
+    assert groups == [{0, 1}]
 
 
 # ------------------------------------------- greedy initialisation (2p causes)

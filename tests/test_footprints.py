@@ -175,3 +175,54 @@ def test_ellipse_supports_match_the_dense_definition(problem):
     # float rounding may flip a pixel exactly on the boundary
     assert int((got != want).sum()) <= 2
     assert int(want.sum()) > 1.2 * int((A > 0).sum())
+
+
+def test_peak_path_leaves_one_piece_at_every_level():
+    """A cell whose noisy fringe joins two specks and a small bump to it:
+    CaImAn's thresholding keeps them all, so at 20 % of the peak the
+    footprint is three pieces. The specks, reached from the peak only
+    through values far below their own, are dropped; the bump, nearly at
+    the level of its pass to the cell, is lowered to that level; the cell
+    itself is unchanged."""
+    from scipy import ndimage
+
+    from gpu_cnmf.metrics import footprint_pieces
+
+    d = (32, 32)
+    yy, xx = np.mgrid[:d[0], :d[1]]
+    img = np.exp(-((yy - 12) ** 2 + (xx - 12) ** 2) / (2 * 2.5 ** 2))
+    img[img < 0.01] = 0
+    img[12, 13:28] = np.maximum(img[12, 13:28], 0.05)       # the fringe
+    img[12, 24], img[11:13, 27] = 0.3, 0.25                 # two specks on it
+    img[12, 20] = 0.065                                     # a bump on it
+    img = img.astype(np.float32)
+    A = torch.as_tensor(img.reshape(-1, 1, order="F"))
+    kw = dict(medw=(1, 1), thr_method="max", maxthr=0.001)
+    plain = threshold_components(A, d, **kw)
+    peak = threshold_components(A, d, peak_path=0.7, **kw)
+    assert footprint_pieces(plain.numpy(), d)[0] == 3
+    assert footprint_pieces(peak.numpy(), d)[0] == 1
+    out = peak.numpy()[:, 0].reshape(d, order="F")
+    assert out[12, 24] == 0 and (out[11:13, 27] == 0).all()
+    assert out[12, 20] == pytest.approx(0.05)
+    lab = ndimage.label(img > 0.06)[0]
+    cell = lab == lab[12, 12]
+    np.testing.assert_array_equal(out[cell], img[cell])
+    assert (out <= img).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_peak_path_every_threshold_connected(seed):
+    """On noisy random footprints every upper level set of the result is one
+    8-connected piece holding the peak."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    d = (24, 24)
+    A = torch.as_tensor(rng.random((d[0] * d[1], 3)) ** 4, dtype=torch.float32)
+    out = threshold_components(A, d, medw=(1, 1), thr_method="max", maxthr=0.0,
+                               peak_path=0.7).numpy()
+    for k in range(3):
+        img = out[:, k].reshape(d, order="F")
+        for level in np.quantile(img[img > 0], [0.1, 0.3, 0.5, 0.7, 0.9]):
+            assert ndimage.label(img >= level, structure=np.ones((3, 3)))[1] == 1

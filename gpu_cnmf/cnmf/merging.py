@@ -6,7 +6,9 @@ correlate at ``thr`` or more; both tests come from K x K products (``M'M``
 of those masks and ``C C'``). Each connected group of links is split into
 clusters whose members all overlap pairwise and whose traces correlate at
 ``thr`` on average (:func:`_clusters`: a chain through a component that
-straddles two neighbours must not merge the neighbours), and each cluster
+straddles two neighbours must not merge the neighbours). Two footprints
+alike to a cosine of ``SAME_FOOTPRINT`` are linked whatever their traces
+(:func:`_footprint_links`). Each cluster
 (smaller than ``max_merge_area`` pixels in union) becomes one component: the best
 rank-1 nonnegative approximation of ``sum_k a_k (c_k + YrA_k)`` over the
 group, computed for all groups at once with an indicator matrix, whose
@@ -32,6 +34,15 @@ OVERLAP_REL = 0.2
 # Two components are copies of one neuron (find_copies) when at least this
 # share of the smaller one's core lies in the other's core.
 COPY_OVERLAP = 0.5
+# Two footprints this alike (cosine of the footprint vectors) are one
+# neuron whatever their traces: for equal Gaussian footprints of width
+# sigma, 0.8 means centres less than one sigma apart, which two somata in
+# one plane never are (distinct cells of the dense hard two-photon movies
+# reach 0.67). With footprints that alike the model cannot tell the two
+# traces apart: the copies split the neuron's transients between them,
+# their traces decorrelate (0.5-0.8 on the hard movies, below merge_thr)
+# and both survive as accepted components.
+SAME_FOOTPRINT = 0.8
 
 
 def find_merges(A, C, thr=0.8, max_merge_area=None):
@@ -53,7 +64,7 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     if K < 2:
         return []
     overlap = fp.overlap_counts(_cores(A)) > 0
-    groups = _linked_groups(overlap, _trace_corr(C), thr, C.device)
+    groups = _linked_groups(overlap, _footprint_links(A, _trace_corr(C)), thr, C.device)
     if max_merge_area is not None and groups:
         _, _, _, _, _, um = _member_entries(A, groups)
         area = torch.bincount(um, minlength=len(groups)).cpu().numpy()
@@ -88,13 +99,22 @@ def find_copies(A, C, thr=0.8, min_overlap=None):
     size = torch.diagonal(inter)
     within = inter >= min_overlap * torch.minimum(size[:, None], size[None, :]).clamp_min(1)
     within &= inter > 0
-    return _linked_groups(within, _trace_corr(C), thr, C.device)
+    return _linked_groups(within, _footprint_links(A, _trace_corr(C)), thr, C.device)
 
 
 def _trace_corr(C):
     Cc = C - C.mean(1, keepdim=True)
     nrm = Cc.norm(dim=1).clamp_min(1e-12)
     return (Cc @ Cc.T) / (nrm[:, None] * nrm[None, :])
+
+
+def _footprint_links(A, corr):
+    """``corr`` with pairs of footprints alike to a cosine of
+    ``SAME_FOOTPRINT`` or more set to 1 (always linked)."""
+    G = fp.gram(A)
+    nrm = torch.diagonal(G).clamp_min(1e-30).sqrt()
+    same = G / (nrm[:, None] * nrm[None, :]) >= SAME_FOOTPRINT
+    return torch.where(same, torch.ones_like(corr), corr)
 
 
 def _linked_groups(overlap, corr, thr, dev):

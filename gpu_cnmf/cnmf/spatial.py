@@ -38,12 +38,17 @@ from .morphology import (closing, crop_apply, diamond, dilate, largest_component
 # HALS passes for the spatial problem (warm started) and their tolerance.
 SPATIAL_ITERS = 30
 SPATIAL_TOL = 1e-3
-# With extract_cc, a pixel stays in a footprint only if some path from the
-# footprint's peak reaches it without dropping below this fraction of the
-# pixel's own value: the connected component around the peak taken at every
-# threshold level, so a footprint is one piece around its cell (issue 15:
-# on real 2p data 57 % of accepted footprints fell apart at 20 % of their
-# peak, specks joined to the cell only through the support's noisy fringe).
+# With extract_cc, the footprint is reduced to the component around its
+# peak at every level, not only at the mask's (near-zero, for nrgthr
+# 0.9999) level, where the support's noisy fringe joins specks and bits of
+# neighbouring structure to the cell (issue 15: on the real 2p movie 27 %
+# of accepted footprints fell apart at 20 % of their peak, into 1-7 px
+# specks at 0.2-0.3 of it). Pixels that the peak reaches only through
+# values below PEAK_PATH of their own are dropped; every other pixel is
+# lowered to the highest level at which it is still connected to the peak
+# (grey reconstruction), so that every threshold of the footprint is one
+# piece. Lowering alone, without the drop, keeps the specks' surroundings,
+# and the supports, which the next update dilates, grow by 20-60 %.
 PEAK_PATH = 0.7
 
 
@@ -142,9 +147,11 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
         Structuring element of the binary closing of the mask.
     peak_path : float, optional
         With ``extract_cc``, also drop pixels that no path from the peak
-        reaches without dropping below ``peak_path`` times their own value
-        (the spatial update passes :data:`PEAK_PATH`; None: CaImAn's
-        thresholding alone).
+        reaches (connectivity ``ss``) without dropping below ``peak_path``
+        times their own value, and lower the others to the highest level at
+        which they are connected to the peak (grey reconstruction): every
+        threshold of the result is one piece. The spatial update passes
+        :data:`PEAK_PATH`; None: CaImAn's thresholding alone.
 
     Returns
     -------
@@ -176,15 +183,12 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
         bw = closing(bw.reshape(x.shape), se_t)
         if extract_cc:
             bw = largest_component(bw, ss_t)
+        x = torch.where(bw, crops, torch.zeros_like(crops))
         if extract_cc and peak_path:
-            # The component around the peak at every level, not only at the
-            # (near-zero, for nrgthr=0.9999) mask level: drop pixels reached
-            # from the peak only through values below PEAK_PATH of their own
-            # (specks and pieces of neighbouring structure that the support
-            # joins through its noisy low fringe).
-            R = reconstruct_from_peak(torch.where(bw, crops, torch.zeros_like(crops)), ss_t)
-            bw = bw & (R >= float(peak_path) * crops)
-        return torch.where(bw, crops, torch.zeros_like(crops))
+            R = reconstruct_from_peak(x, ss_t)
+            x = torch.where(R >= float(peak_path) * x, x, torch.zeros_like(x))
+            x = reconstruct_from_peak(x, ss_t)
+        return x
 
     pix, comp, val = fp.entries(A)
     pos = val > 0
