@@ -196,8 +196,12 @@ def fr_origin(params: CNMFParams, metadata: dict) -> str:
     return f"fr = {fr:g} Hz (the default: data.fr not set and the movie records no frame rate)"
 
 
-def check_inputs(fnames, params: CNMFParams, out_path=None):
+def check_inputs(fnames, params: CNMFParams, out_path=None, scan_nan: bool = True):
     """Check everything :func:`run_pipeline` needs before it does any work.
+
+    With ``scan_nan`` (and ``preprocess.check_nan``) floating-point movies
+    are read once for NaN frames; :func:`run_pipeline` passes False and lets
+    motion correction's pass look for them instead.
 
     Returns ``(paths, params, (T, dims))`` with ``params`` a copy whose
     ``data.fnames`` names the movies. Raises MovieError / ParameterError /
@@ -225,7 +229,7 @@ def check_inputs(fnames, params: CNMFParams, out_path=None):
                                  f"of {paths[0]}")
             dims = tuple(src.dims)
             n_frames += src.n_frames
-            if params.preprocess["check_nan"] and src.dtype.kind == "f":
+            if scan_nan and params.preprocess["check_nan"] and src.dtype.kind == "f":
                 # reads every frame: a pass over the movie (integer movies
                 # cannot hold a NaN and are not read)
                 src.check_nan()
@@ -456,7 +460,7 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
     try:
         # silent until it passes, so that a user error is the only line printed
         paths, params, (T, dims) = stages.run("validate", check_inputs, fnames, params,
-                                              out_path, quiet_start=True)
+                                              out_path, scan_nan=False, quiet_start=True)
     except BaseException:
         limits.close()
         raise
@@ -496,7 +500,8 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
             motion_params.pop("var_name_hdf5", None)
             m = MotionCorrect(movie, var_name_hdf5=params.data["var_name_hdf5"],
                               base_name=str(base_dir / stem), progress=progress,
-                              save_order="C", summary=True, **motion_params)
+                              save_order="C", summary=True,
+                              check_nan=params.preprocess["check_nan"], **motion_params)
             m.motion_correct(save_movie=True)
             return m
         mc = stages.run("motion correction", motion)

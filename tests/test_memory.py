@@ -165,6 +165,9 @@ def test_pipeline_peak_memory_stays_under_budget_plus_results(tmp_path):
     # one write of the movie (motion correction writes CNMF's layout directly)
     assert out["passes"]["motion correction"] == [1.0, 1.0] or \
         tuple(out["passes"]["motion correction"]) == (1.0, 1.0)
+    # a float movie, yet no pass of its own to look for NaN frames:
+    # motion correction's pass does
+    assert tuple(out["passes"]["validate"]) == (0.0, 0.0)
 
 
 def test_budget_too_small_is_an_error_before_any_work(tmp_path):
@@ -296,3 +299,46 @@ def test_background_and_projection_share_one_pass(tmp_path):
         assert backend.movie_io()["read"] - r0 == Y.size          # one pass
         assert torch.equal(b1, b2)
         np.testing.assert_allclose(AtY2.numpy(), AtY1.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_cnmfe_refit_reuses_the_fits_pixel_means(tmp_path, monkeypatch):
+    """A CNMF-E refit streamed on the fitted ring background, of the file the
+    fit read, takes the fit's pixel means instead of a pass of its own, and
+    ends where the pass would have led it; a movie held in memory (which may
+    have changed since) is read again."""
+    from gpu_cnmf import CNMF
+    from gpu_cnmf.params import CNMFParams
+    from gpu_cnmf.synthetic import make_movie
+
+    movie, truth = make_movie("1p", dims=(64, 64), n_frames=300, n_neurons=8, seed=2)
+    T, d1, d2 = movie.shape
+    Yr = np.lib.format.open_memmap(tmp_path / "Yr.npy", "w+", np.float32, (d1 * d2, T))
+    Yr[:] = movie.reshape(T, -1, order="F").T
+    Yr.flush()
+    del Yr
+    Yr = np.load(tmp_path / "Yr.npy", mmap_mode="r")
+    images = np.reshape(Yr.T, (T, d1, d2), order="F")
+    params = CNMFParams(params_dict=dict(
+        fr=truth.fr, decay_time=truth.decay_time, gSig=[4, 4], center_psf=True,
+        method_init="corr_pnr", nb=0, K=None, min_corr=0.8, min_pnr=5, p=1))
+    cnm = CNMF(params=params).fit(images)
+    assert cnm.estimates._pixel_means is not None
+    # smaller than three copies of the movie: the refit streams on the ring
+    monkeypatch.setenv("GPU_CNMF_MEMORY_BUDGET", str(4 * 2 ** 20))
+
+    def refit_reads(c):
+        r0 = backend.movie_io()["read"]
+        est = c.refit(images).estimates
+        return est, backend.movie_io()["read"] - r0
+
+    cached, n_cached = refit_reads(cnm)
+    assert cached._pixel_means is not None              # kept for a second refit
+    del cnm.estimates._pixel_means
+    fresh, n_fresh = refit_reads(cnm)
+    assert n_fresh - n_cached == Yr.size                # one pass fewer
+    assert cached.A.shape == fresh.A.shape
+    np.testing.assert_allclose(cached.C, fresh.C, rtol=1e-3, atol=1e-3 * np.abs(fresh.C).max())
+    np.testing.assert_allclose(cached.b0, fresh.b0, rtol=1e-4, atol=1e-3)
+
+    in_memory = CNMF(params=params).fit(np.asarray(images))
+    assert getattr(in_memory.estimates, "_pixel_means", None) is None

@@ -361,6 +361,37 @@ def test_border_nan_option_in_motion_correct(mode, tmp_path):
     assert mc.border_to_0 == 4
 
 
+@pytest.mark.parametrize("where", ["template", "pass"])
+def test_check_nan_in_the_writing_pass(tmp_path, where):
+    """check_nan: a NaN frame stops motion correction with the movie's
+    first NaN frame named, whether the frames the template is built from
+    hold it or only the writing pass meets it, and the partial memmap is
+    removed; without NaN the corrected movie is the one check_nan=False
+    writes."""
+    from gpu_cnmf.errors import MovieError
+
+    movie, _ = make_movie("2p", dims=(32, 32), n_frames=300, n_neurons=4, seed=0)
+    movie = np.asarray(movie, dtype=np.float32)
+    kw = dict(max_shifts=(3, 3), progress=False, save_order="C")
+    clean = MotionCorrect(movie, base_name=str(tmp_path / "clean"), check_nan=True, **kw)
+    clean.motion_correct(save_movie=True)
+    plain = MotionCorrect(movie, base_name=str(tmp_path / "plain"), **kw)
+    plain.motion_correct(save_movie=True)
+    np.testing.assert_array_equal(np.fromfile(clean.mmap_file[0], np.float32),
+                                  np.fromfile(plain.mmap_file[0], np.float32))
+    from gpu_cnmf.motion.correct import _INIT_FRAMES
+
+    sampled = set(np.linspace(0, 299, _INIT_FRAMES).astype(int).tolist())
+    bad, later = [t for t in range(137, 300) if (t in sampled) == (where == "template")][:3:2]
+    broken = movie.copy()
+    broken[bad, 5, 6] = np.nan
+    broken[later, 1, 1] = np.nan
+    mc = MotionCorrect(broken, base_name=str(tmp_path / "bad"), check_nan=True, **kw)
+    with pytest.raises(MovieError, match=f"frame {bad} contains NaN values \\(1 pixels\\)"):
+        mc.motion_correct(save_movie=True)
+    assert not list(tmp_path.glob("bad*"))
+
+
 def test_indices_gsig_and_3d():
     img = _scene((48, 48))
     s = np.random.default_rng(3).uniform(-2, 2, (30, 2))

@@ -38,7 +38,7 @@ from .config import fit_config
 from .engine import Model, fit_fov
 from .estimates import Estimates
 from .patches import fit_patches
-from .products import MovieMatrix, Region, as_pixel_matrix
+from .products import MovieMatrix, Region, as_pixel_matrix, movie_key
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ class CNMF:
 
         cfg = fit_config(self.params)
         Ain, start, est = self.Ain, None, self.estimates
+        key, Ymean = movie_key(images), None
         if Ain is None and getattr(self, "_refit_from", False):
             d, T = int(np.prod(est.dims)), int(est.C.shape[1]) if est.C is not None else 0
             # a refit refits the ring on the whole field when the movie fits the
@@ -240,16 +241,23 @@ class CNMF:
                 model = Model(A=A, C=t(est.C), b=torch.zeros((A.shape[0], 0), device=device),
                               f=torch.zeros((0, est.C.shape[1]), device=device), sn=t(est.sn))
                 start = (model, ring)
+                # the fit's pixel means, when the refit reads the same file
+                # (a pass fewer); a movie in memory may have changed
+                cached = getattr(est, "_pixel_means", None)
+                if key is not None and cached is not None and cached[0] == key:
+                    Ymean = torch.as_tensor(cached[1], device=device)
             else:
                 Ain = est.A   # start from the fitted footprints
         n_proc = self.n_processes if self.n_processes > 1 else int(cfg["patch"]["n_processes"] or 1)
         model, ring, extra = fit_cnmfe(images, cfg, device, Ain=Ain, n_processes=n_proc,
                                        dview=self.dview, exclude=cfg["preprocess"]["pixels"],
-                                       start=start)
+                                       start=start, Ymean=Ymean)
         if start is not None:
-            extra = dict(Cn=est.Cn, pnr=est.pnr)
+            extra = dict(extra, Cn=est.Cn, pnr=est.pnr)
         model.timings["total"] = time.perf_counter() - t_start
         self._store(model, ring.dims, ring=ring, images=extra)
+        if key is not None and extra.get("Ymean") is not None:
+            self.estimates._pixel_means = (key, extra["Ymean"].detach().cpu().numpy())
         return self
 
     def _ain_tensor(self, Ain, d, device):

@@ -450,7 +450,8 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
 
     Returns
     -------
-    model : Model, ring : RingModel, extra : dict (Cn, pnr)
+    model : Model, ring : RingModel, extra : dict (Cn, pnr, Ymean: the pixel
+    means, from the patches' reads)
     """
     t_all = time.perf_counter()
     P = cfg["patch"]
@@ -499,9 +500,9 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
         model.select(keep)
         patch_id, centrality = patch_id[keep], centrality[keep]
     imgs.pop("owner", None)
-    Ymean = imgs.pop("Ymean")
+    Ymean = imgs["Ymean"]
     if mm.exclude is not None:       # read as zero on the whole field
-        Ymean = Ymean * mm.exclude
+        Ymean = imgs["Ymean"] = Ymean * mm.exclude
     resolve_duplicates(model, patch_id, centrality, cfg)
     t0 = _tick(timings, "combine", t0)
     if nb > 0:
@@ -517,7 +518,7 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
 
 
 def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=None,
-              start=None):
+              start=None, Ymean=None):
     """CNMF-E of a movie: on patches when ``patch.rf`` is set (and no
     footprints are given), else on the whole field of view; or, from a
     previous fit (``start``), rounds streamed on its ring background.
@@ -538,10 +539,13 @@ def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=
     start : (Model, RingModel), optional
         A fit to refine (refit): :func:`refine_on_ring`, never the movie
         whole in memory.
+    Ymean : (d,) tensor, optional
+        With ``start``, the movie's pixel means when known (saves a pass).
 
     Returns
     -------
-    model : Model, ring : RingModel, extra : dict (Cn, pnr)
+    model : Model, ring : RingModel, extra : dict (Cn, pnr, Ymean: the
+    pixel means, when they were at hand)
     """
     src, layout, dims, T = as_pixel_matrix(images)
     sp_, P = cfg["spatial"], cfg["patch"]
@@ -558,10 +562,10 @@ def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=
             model, ring = start
             timings = {}
             t0 = time.perf_counter()
-            refine_on_ring(mm, model, ring, cfg, timings)
+            refine_on_ring(mm, model, ring, cfg, timings, Ymean=Ymean)
             timings["total"] = time.perf_counter() - t0
             model.timings = timings
-            return model, ring, {}
+            return model, ring, {"Ymean": Ymean}
         if P["rf"] is not None and Ain is None:
             return fit_cnmfe_patches(images, mm, cfg, device, n_processes, dview)
         return fit_cnmfe_fov(mm, cfg, device, Ain=Ain)

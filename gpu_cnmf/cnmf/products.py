@@ -20,6 +20,7 @@ blocks stay resident after the first pass, so later passes do no transfers.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -81,6 +82,19 @@ def as_pixel_matrix(images):
         Yr = images.reshape((T, d1 * d2), order="F").T
         return Yr, "pixels", (d1, d2), T
     return images, "frames", (d1, d2), T
+
+
+def movie_key(images):
+    """What identifies the file-backed movie ``images`` between two calls:
+    the path, size and modification time of its memory map, and the shape
+    and dtype of the view; None for a movie held in memory (its content may
+    change between two calls)."""
+    fn = getattr(images, "filename", None)
+    if not fn or not os.path.exists(fn):
+        return None
+    st = os.stat(fn)
+    return (os.path.realpath(fn), st.st_size, st.st_mtime_ns, tuple(images.shape),
+            str(images.dtype))
 
 
 def support_entries(idx, d):

@@ -348,6 +348,13 @@ class ConcatSource(MovieSource):
             out[a - start:b - start] = self.parts[i].read(a - o, b - o)
         return out
 
+    def check_nan(self) -> None:
+        """Raise :class:`MovieError` naming the first file, and its frame,
+        that holds a NaN."""
+        for p in self.parts:
+            p.check_nan()
+            p.close()
+
     def close(self) -> None:
         for p in self.parts:
             p.close()

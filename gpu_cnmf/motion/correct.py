@@ -62,6 +62,10 @@ class MotionCorrect:
     ``memmap_dtype='float16'`` writes the corrected movie at half the size
     (a value beyond float16's 65504 is an error naming the parameter; the
     rounding is 2^-11 of the value, far below shot noise).
+    ``check_nan=True`` looks for NaN frames in the frames the template is
+    built from and in every pass, so that a NaN costs no pass of its own:
+    the first NaN frame is named in a :class:`~gpu_cnmf.errors.MovieError`
+    and the partial file is removed.
 
     Attributes after :meth:`motion_correct`: ``shifts_rig`` (T, ndim),
     ``x_shifts_els``/``y_shifts_els``(/``z_shifts_els``) (T, n_patches) when
@@ -88,7 +92,7 @@ class MotionCorrect:
                  pw_rigid=False, num_frames_split=80, var_name_hdf5="mov", is3D=False,
                  indices=(slice(None), slice(None)), base_name=None, chunk_frames=None,
                  progress=True, plane=None, channel=None, save_order="F", summary=False,
-                 memmap_dtype="float32"):
+                 memmap_dtype="float32", check_nan=False):
         self.fname = fname if isinstance(fname, (list, tuple, np.ndarray)) else [fname]
         self.source = open_movie(fname, var_name_hdf5=var_name_hdf5, plane=plane,
                                  channel=channel)
@@ -142,6 +146,8 @@ class MotionCorrect:
                                  f"{memmap_dtype!r}")
         self.memmap_dtype = np.dtype(memmap_dtype)
         self.summary = bool(summary)
+        # an integer movie cannot hold a NaN
+        self.check_nan = bool(check_nan) and self.source.dtype.kind == "f"
         self.summary_images = None
         self._moments = None
         self.mmap_file = []
@@ -323,6 +329,7 @@ class MotionCorrect:
         try:
             for start, arr in self._reader(ranges, chunk):
                 x = self._to_device(arr, state)
+                self._refuse_nan(x)
                 rig, ps, spec = self._estimate(x, ctx, pwr)
                 y = self._offset(self._apply(x, rig, ps, ctx, spec))
                 del spec
@@ -376,6 +383,14 @@ class MotionCorrect:
         if keep is not None:
             keep[start:start + a.shape[0]] = a
 
+    def _refuse_nan(self, x):
+        """With ``check_nan``, a NaN in frames ``x`` stops the correction
+        with the movie's first NaN frame named (the search for it reads the
+        movie up to that frame: only when there is one)."""
+        if self.check_nan and bool(torch.isnan(x).any()):
+            self.source.check_nan()
+            raise MovieError(f"{self.source.name}: the movie holds NaN values")
+
     # --------------------------------------------------------- templates
     def _register_wide(self, x, ctx, window):
         """Rigid shifts of frames ``x`` within ``+-window`` (wider than
@@ -406,6 +421,7 @@ class MotionCorrect:
         n_fit = backend.frames_per_chunk(self.dims, copies=14, device=self.device)
         idx = np.unique(np.linspace(0, T - 1, max(2, min(T, _INIT_FRAMES, n_fit))).astype(int))
         x = self._to_device(np.stack([self.source.read(i, i + 1)[0] for i in idx]), {})
+        self._refuse_nan(x)
         templ = torch.median(x, dim=0).values
         full = self._crop_dims() == self.dims
         window = search_window(self.max_shifts, self._crop_dims())
