@@ -439,10 +439,10 @@ def initialize(stats, dims, K, nb, *, method_init="greedy_roi", gSig=(5, 5), gSi
             gSiz = [2 * s * ssub + 1 for s in gSig] if gSiz is None else gSiz
             gSiz = [max(3, int(round(float(s) / ssub))) for s in gSiz]
             # activity, not slow drift (bleaching), is what the search looks for
-            meds, centres = pixel_baseline(Yn, max(1, int(round(rolling_length / stats.tsub))))
+            window = max(1, int(round(rolling_length / stats.tsub)))
+            meds, centres = pixel_baseline(Yn, window)
             Yg = add_baseline(Yn.clone(), meds, centres, -1.0)
-            Aimg, C0, _ = greedy_roi(Yg, int(K), gSig, gSiz, nIter, kernel, rolling_sum,
-                                     max(1, int(round(rolling_length / stats.tsub))),
+            Aimg, C0, _ = greedy_roi(Yg, int(K), gSig, gSiz, nIter, kernel, rolling_sum, window,
                                      same_thr=same_thr)
             An = Aimg.permute(1, 0, 2).reshape(h * w, -1)
             R = add_baseline(Yg, meds, centres).permute(1, 0, 2).reshape(h * w, Td)

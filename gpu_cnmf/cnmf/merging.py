@@ -8,7 +8,7 @@ clusters whose members all overlap pairwise and whose traces correlate at
 ``thr`` on average (:func:`_clusters`: a chain through a component that
 straddles two neighbours must not merge the neighbours). Two footprints
 alike to a cosine of ``SAME_FOOTPRINT`` are linked whatever their traces
-(:func:`_footprint_links`). Each cluster
+(:func:`_link_corr`). Each cluster
 (smaller than ``max_merge_area`` pixels in union) becomes one component: the best
 rank-1 nonnegative approximation of ``sum_k a_k (c_k + YrA_k)`` over the
 group, computed for all groups at once with an indicator matrix, whose
@@ -64,7 +64,7 @@ def find_merges(A, C, thr=0.8, max_merge_area=None):
     if K < 2:
         return []
     overlap = fp.overlap_counts(_cores(A)) > 0
-    groups = _linked_groups(overlap, _footprint_links(A, _trace_corr(C)), thr, C.device)
+    groups = _linked_groups(overlap, _link_corr(A, C), thr, C.device)
     if max_merge_area is not None and groups:
         _, _, _, _, _, um = _member_entries(A, groups)
         area = torch.bincount(um, minlength=len(groups)).cpu().numpy()
@@ -99,7 +99,7 @@ def find_copies(A, C, thr=0.8, min_overlap=None):
     size = torch.diagonal(inter)
     within = inter >= min_overlap * torch.minimum(size[:, None], size[None, :]).clamp_min(1)
     within &= inter > 0
-    return _linked_groups(within, _footprint_links(A, _trace_corr(C)), thr, C.device)
+    return _linked_groups(within, _link_corr(A, C), thr, C.device)
 
 
 def _trace_corr(C):
@@ -108,9 +108,11 @@ def _trace_corr(C):
     return (Cc @ Cc.T) / (nrm[:, None] * nrm[None, :])
 
 
-def _footprint_links(A, corr):
-    """``corr`` with pairs of footprints alike to a cosine of
-    ``SAME_FOOTPRINT`` or more set to 1 (always linked)."""
+def _link_corr(A, C):
+    """What links two components: their traces' correlation, set to 1 for
+    pairs of footprints alike to a cosine of ``SAME_FOOTPRINT`` or more
+    (always linked)."""
+    corr = _trace_corr(C)
     G = fp.gram(A)
     nrm = torch.diagonal(G).clamp_min(1e-30).sqrt()
     same = G / (nrm[:, None] * nrm[None, :]) >= SAME_FOOTPRINT
