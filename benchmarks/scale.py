@@ -159,6 +159,21 @@ def run(kind, files, limit, work: Path, code: Path, timeout: float,
     return rec
 
 
+def samples_bytes(A, C) -> int:
+    """At most what the refit keeps for evaluation: each footprint's
+    support (ATHRESH of its peak and up) at its active frames, 12 bytes a
+    value (gpu_cnmf.evaluation.spatial.MovieSamples)."""
+    import torch
+
+    from gpu_cnmf.evaluation.spatial import ATHRESH, active_frames
+
+    n_act = active_frames(torch.as_tensor(np.asarray(C, np.float32))).sum(1).numpy()
+    peak = A.max(axis=0).toarray().ravel()
+    n_sup = np.array([(A.data[A.indptr[k]:A.indptr[k + 1]] >= ATHRESH * peak[k]).sum()
+                      for k in range(A.shape[1])])
+    return int(12 * (n_sup * n_act).sum())
+
+
 def score(t, results) -> dict:
     from gpu_cnmf.io import load_results
     from gpu_cnmf.metrics import roi_f1
@@ -171,7 +186,7 @@ def score(t, results) -> dict:
     r = roi_f1(A_true, sp.csc_matrix(est["A"])[:, good], dims)
     A = sp.csc_matrix(est["A"])
     K, T = np.shape(est["C"])
-    results_bytes = A.nnz * 12 + 4 * K * T * 3
+    results_bytes = A.nnz * 12 + 4 * K * T * 3 + samples_bytes(A, est["C"])
     return {"f1": r["f1"], "precision": r["precision"], "recall": r["recall"],
             "n_true": r["n_true"], "n_accepted": int(len(good)), "n_found": int(A.shape[1]),
             "results_MiB": results_bytes / 2**20}

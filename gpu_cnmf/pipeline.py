@@ -535,8 +535,9 @@ def run_pipeline(fnames, params: CNMFParams, out_path, progress: bool = True,
                 Path(fname_c).unlink(missing_ok=True)
             Yr, mm_dims, T = load_memmap(fname_r)
             images = np.reshape(Yr.T, [T] + list(mm_dims), order="F")
-        cnm = stages.run("CNMF fit", lambda: CNMF(n_proc, params=run_params,
-                                                          dview=dview).fit(images))
+        # the refit starts with the fit's last whole-field update: a pass fewer
+        cnm = stages.run("CNMF fit", lambda: CNMF(n_proc, params=run_params, dview=dview)
+                         .fit(images, whole_field=False))
         cnm = stages.run("refit", lambda: cnm.refit(images))
         est = cnm.estimates
 

@@ -39,6 +39,7 @@ from .engine import Model, fit_fov
 from .estimates import Estimates
 from .patches import fit_patches
 from .products import MovieMatrix, Region, as_pixel_matrix, movie_key
+from .tiles import refine_tiled
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class CNMF:
         self.dims = None
 
     # ------------------------------------------------------------------ API
-    def fit(self, images, indices=None, Ain=None):
+    def fit(self, images, indices=None, Ain=None, whole_field=True):
         """Run CNMF on ``images`` (T, d1, d2) and return ``self``.
 
         Parameters
@@ -152,6 +153,11 @@ class CNMF:
             Restrict to a rectangle of the field of view.
         Ain : array (pixels x K), optional
             Seeded CNMF from these footprints (as ``CNMF(..., Ain=...)``).
+        whole_field : bool
+            On patches (two-photon): end, as CaImAn's fit does, with the
+            background and the traces updated on the whole movie (one pass
+            over it). False keeps the patches' traces, for a :meth:`refit`
+            that starts with that update anyway (the pipeline: a pass fewer).
         """
         t_start = time.perf_counter()
         if Ain is not None:
@@ -178,16 +184,21 @@ class CNMF:
                                      "crop the movie instead")
             n_proc = self.n_processes if self.n_processes > 1 else int(P["n_processes"] or 1)
             model = fit_patches(images, cfg, device, n_processes=n_proc, mm_full=mm,
-                                dview=self.dview)
+                                dview=self.dview, whole_field=whole_field)
             model.timings["patches"] = time.perf_counter() - t_start
         else:
             Ain_t = None
             if start is None and self.Ain is not None:
                 Ain_t = self._ain_tensor(self.Ain, mm.d, device)
             only_init = bool(P["only_init"]) and start is None
-            model = fit_fov(mm, cfg, Ain=Ain_t, model=start, only_init=only_init)
+            if start is not None and getattr(self, "_refit_from", False):
+                model = refine_tiled(mm, start, cfg)
+            else:
+                model = fit_fov(mm, cfg, Ain=Ain_t, model=start, only_init=only_init)
         model.timings["total"] = time.perf_counter() - t_start
         self._store(model, dims)
+        if model.samples is not None:
+            self.estimates._movie_samples = (movie_key(images), model.samples)
         mm.release()
         return self
 
@@ -195,8 +206,10 @@ class CNMF:
         """Refine the components of a fit on the whole field of view.
 
         Returns a new CNMF (as CaImAn does) started from this one's
-        ``A, C, b, f`` with ``rf=None`` and ``only_init=False``: spatial,
-        temporal, merging, spatial, temporal updates.
+        ``A, C, b, f`` with ``rf=None`` and ``only_init=False``: the
+        background and traces refitted, then spatial, temporal, merging,
+        spatial, temporal updates, on tiles of a memory-mapped movie read
+        once (:mod:`gpu_cnmf.cnmf.tiles`).
         """
         if self.estimates.A is None:
             raise ParameterError("refit: fit() must run first (no components yet)")

@@ -43,10 +43,17 @@ class Model:
     yy: torch.Tensor | None = None
     b_mask: torch.Tensor | None = None
     g_global: torch.Tensor | None = None
+    ids: torch.Tensor | None = None
+    samples: object = None
     merged_ROIs: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
-    _PER_COMPONENT = ("C", "YrA", "S", "bl", "c1", "g", "neurons_sn")
+    # samples: the movie's values that evaluation would read, when a pass
+    # held them (evaluation.spatial.MovieSamples)
+    # ids: when set, each component's index in the model a tiled refinement
+    # started from (merged ones: -(1 + their group's place in merged_ROIs)),
+    # so that merged_ROIs name those
+    _PER_COMPONENT = ("C", "YrA", "S", "bl", "c1", "g", "neurons_sn", "ids")
 
     def select(self, keep):
         """Keep the components where ``keep`` (bool tensor) is True."""
@@ -152,9 +159,13 @@ def merge_step(model, cfg, p=None, max_groups=None, groups=None):
     for grp in groups:
         merged[grp] = True
     keep = ~merged
-    model.merged_ROIs.extend([grp.cpu().tolist() for grp in groups])
+    named = (lambda grp: model.ids[grp]) if model.ids is not None else (lambda grp: grp)
+    first = len(model.merged_ROIs)
+    model.merged_ROIs.extend([named(grp).cpu().tolist() for grp in groups])
     M = Am.shape[1]
-    new = dict(C=c, YrA=Cm - c - bl[:, None], S=s, bl=bl, c1=c1, g=g, neurons_sn=sn)
+    # a merged component's id: -(1 + its group's place in merged_ROIs)
+    new = dict(C=c, YrA=Cm - c - bl[:, None], S=s, bl=bl, c1=c1, g=g, neurons_sn=sn,
+               ids=-1 - torch.arange(first, first + M, device=dev))
     model.A = fp.cat(fp.select(model.A, keep), Am)
     for name in Model._PER_COMPONENT:
         v = getattr(model, name)
@@ -205,12 +216,15 @@ def global_time_constant(stats, pre):
     return torch.as_tensor(g, dtype=torch.float32, device=y.device).reshape(1, -1)
 
 
-def refine(mm, model, cfg, p=None):
-    """Spatial, temporal, merge, spatial, temporal (CaImAn's fit after init)."""
+def refine(mm, model, cfg, p=None, log=None):
+    """Spatial, temporal, merge, spatial, temporal (CaImAn's fit after init).
+
+    ``log``: a log line per step; by default on the whole field, where each
+    step takes minutes on a long movie (a patch's steps are not logged, the
+    patches' bar is)."""
     dev = mm.device
-    # each step of a whole-field fit takes minutes on a long movie: a log
-    # line each (a patch's steps are not logged, the patches' bar is)
-    log = mm.d == int(np.prod(mm.full_dims))
+    if log is None:
+        log = mm.d == int(np.prod(mm.full_dims))
     t0 = time.perf_counter()
     spatial_step(mm, model, cfg)
     t0 = _tick(model, "spatial", t0, dev, log)

@@ -248,7 +248,13 @@ class Estimates:
         compatibility and ignored. Returns self.
         """
         from ..evaluation import evaluate_components
+        from .products import movie_key
 
+        samples = None
+        kept = getattr(self, "_movie_samples", None)
+        if kept is not None and kept[0] is not None and kept[0] == movie_key(images):
+            # the refit's tiles kept what the spatial correlation reads
+            samples = kept[1]
         if self.W is not None and self.b0 is not None:
             # CNMF-E: components are scored against the movie minus its
             # ring background, as they were fitted
@@ -258,7 +264,7 @@ class Estimates:
         res = evaluate_components(images, self.A, self.C, self.b, self.f, self.YrA, self.dims,
                                   params.data["fr"], params.data["decay_time"],
                                   params.get_group("quality"), use_cuda=params.use_cuda,
-                                  gSig=params.init["gSig"])
+                                  gSig=params.init["gSig"], samples=samples)
         for name, value in res.items():
             setattr(self, name, value)
         return self

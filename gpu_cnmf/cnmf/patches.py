@@ -291,7 +291,8 @@ def resolve_duplicates(model, patch_id, centrality, cfg):
     return model
 
 
-def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
+def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None,
+                whole_field=True):
     """Patch-wise CNMF of the whole movie; see the module docstring.
 
     Parameters
@@ -304,6 +305,10 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
         The full movie on ``device`` (made here when not given).
     dview : dask.distributed.Client or pool, optional
         Where the patches run (see :func:`~.dispatch.map_patches`).
+    whole_field : bool
+        End with the background refitted and the traces updated on the
+        whole movie (one pass); False keeps the patches' traces and
+        residuals (a refit follows).
 
     Returns
     -------
@@ -324,6 +329,9 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None):
     else:
         model.b_mask = Bmask
     resolve_duplicates(model, patch_id, centrality, cfg)
+    if not whole_field:
+        model.timings = {}
+        return model
     # the background refitted to the whole movie and the projection the
     # traces need, in one pass
     model.b, AtY = background_and_AtY(mm, model.A, model.b, model.C, model.f, model.b_mask)

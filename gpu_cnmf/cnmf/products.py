@@ -152,12 +152,13 @@ class MovieMatrix:
         else:
             self._src, self.layout, self.full_dims, self.T = as_pixel_matrix(images)
         # reads of a memory-mapped movie count as passes over it (backend.movie_io)
-        self._on_disk = isinstance(self._src, np.memmap)
+        self.on_disk = isinstance(self._src, np.memmap)
         d1, d2 = self.full_dims
         self.region = region if region is not None else Region(0, d1, 0, d2)
         self.dims = self.region.dims
         self.d = int(np.prod(self.dims))
         self.memory_fact = memory_fact
+        self.block_pixels = int(block_pixels)
         self.exclude = None
         if exclude is not None and len(exclude):
             keep = torch.ones(self.d, dtype=torch.bool)
@@ -186,7 +187,7 @@ class MovieMatrix:
         """Block of image columns j0:j1 as a host array (n_pix, T)."""
         r = self.region
         h = self.dims[0]
-        if self._on_disk:
+        if self.on_disk:
             count_movie_io(read=(j1 - j0) * h * self.T)
         if self.layout == "pixels":
             d1 = self.full_dims[0]
@@ -203,7 +204,7 @@ class MovieMatrix:
     def _host_frames(self, t0, t1):
         """Frames t0:t1 of the region, (n, h * w) in the region's C order."""
         r = self.region
-        if self._on_disk:
+        if self.on_disk:
             count_movie_io(read=(t1 - t0) * self.d)
         chunk = self._src[t0:t1, r.y0:r.y1, r.x0:r.x1]
         return np.ascontiguousarray(chunk).reshape(t1 - t0, -1)
@@ -277,7 +278,7 @@ class MovieMatrix:
         the device, pixels in the region's Fortran order (excluded pixels
         zeroed): the chunk a per-frame computation reads."""
         r = self.region
-        if self._on_disk:
+        if self.on_disk:
             count_movie_io(read=(t1 - t0) * self.d)
         if self.layout == "pixels":
             d1 = self.full_dims[0]
@@ -292,6 +293,42 @@ class MovieMatrix:
             host = np.ascontiguousarray(host)
         t = self._to_device(host, 0)
         return t * self.exclude[:, None] if self.exclude is not None else t
+
+    def load(self, region):
+        """The pixels of ``region`` (a :class:`Region` of the full field, which
+        this matrix covers) read once into memory on the device, as a
+        :class:`MovieMatrix` of their own (a writable copy: a tile of
+        :mod:`.tiles`)."""
+        sub = MovieMatrix(self._src, "cpu", region=region,
+                          dims=self.full_dims if self.layout == "pixels" else None)
+        host = sub._host_block(0, region.dims[1])
+        # a zero-copy slice of the file is copied; a gathered block is used as is
+        host = np.array(host, dtype=np.float32,
+                        copy=bool(np.may_share_memory(host, self._src)) or None)
+        Y = torch.from_numpy(host).to(self.device)
+        exclude = None
+        if self.exclude is not None:
+            index = torch.as_tensor(region.pixel_index(self.full_dims[0]), device=self.device)
+            exclude = torch.nonzero(~self.exclude[index]).flatten().cpu().numpy()
+        return MovieMatrix(Y, self.device, dims=region.dims, block_pixels=self.block_pixels,
+                           memory_fact=self.memory_fact, exclude=exclude)
+
+    def subtract(self, A, C):
+        """``Y -= A C`` on a movie held in memory (:meth:`load`): ``A``
+        (pixels x k, sparse) and ``C`` (k x T) of components fitted
+        elsewhere, in blocks of the rows they touch."""
+        if A.shape[1] == 0:
+            return
+        rows = torch.unique(A.coalesce().indices()[0])
+        n = self.cols_per_block * self.dims[0]          # a block's worth, from the budget
+        for r0 in range(0, rows.numel(), n):
+            r = rows[r0:r0 + n]
+            self._src[r] -= fp.matmul(fp.rows(A, r), C)
+
+    def take(self, rows, frames):
+        """Values of a movie held in memory (:meth:`load`) at ``rows`` x
+        ``frames`` (LongTensors), as a (len(rows), len(frames)) tensor."""
+        return self._src[rows[:, None], frames[None, :]]
 
     def _c_order(self):
         """Index turning Fortran-order rows into the region's C order."""

@@ -106,7 +106,7 @@ def estimate_gSig(A, dims) -> np.ndarray:
 
 def evaluate_components(images, A, C, b, f, YrA, dims, fr, decay_time, quality=None,
                         use_cuda=False, *, gSig=None, chunk_frames=None,
-                        weights=None) -> dict:
+                        weights=None, samples=None) -> dict:
     """Score every component and split them into accepted and rejected.
 
     Parameters
@@ -131,6 +131,8 @@ def evaluate_components(images, A, C, b, f, YrA, dims, fr, decay_time, quality=N
         Frames per chunk when reading the movie.
     weights : path, optional
         CNN weights other than the shipped ones.
+    samples : MovieSamples, optional
+        The movie's values kept by the refit (see :func:`spatial_correlation`).
 
     Returns
     -------
@@ -155,7 +157,7 @@ def evaluate_components(images, A, C, b, f, YrA, dims, fr, decay_time, quality=N
                 "SNR_comp": empty, "r_values": empty, "cnn_preds": empty}
     snr = compute_snr(C + YrA, fr, decay_time, use_cuda)
     r = spatial_correlation(images, A, C, b, f, dims, use_cuda=use_cuda,
-                            chunk_frames=chunk_frames)
+                            chunk_frames=chunk_frames, samples=samples)
     if q["use_cnn"]:
         g = estimate_gSig(A, dims) if gSig is None else gSig
         cnn = predict_cnn(A, dims, g, q["gSig_range"], use_cuda, weights)

@@ -31,7 +31,63 @@ from ..backend import count_movie_io, get_device, host_budget, memory_budget, to
 from ..errors import ParameterError
 from ..summary import iter_movie, movie_shape
 
-__all__ = ["active_frames", "spatial_correlation", "compute_residuals", "flatten_frames"]
+__all__ = ["active_frames", "spatial_correlation", "compute_residuals", "flatten_frames",
+           "MovieSamples"]
+
+# A footprint's support: its pixels at or above this share of its peak.
+ATHRESH = 0.1
+
+
+class MovieSamples:
+    """The movie's values at some (pixel, frame) pairs, kept by a pass that
+    held them so that :func:`spatial_correlation` need not read them again:
+    the refit in tiles (:mod:`gpu_cnmf.cnmf.tiles`) keeps, for each
+    component, its support's pixels at its active frames. A lookup that
+    finds a pair missing answers None and the movie is read instead, so
+    samples that no longer match the components only cost that read.
+
+    Parameters
+    ----------
+    T : int
+        Frames in the movie.
+    """
+
+    def __init__(self, T):
+        self.T = int(T)
+        self._parts = []
+        self.keys = np.zeros(0, np.int64)
+        self.values = np.zeros(0, np.float32)
+
+    def add(self, pix, frames, values):
+        """Values (len(pix), len(frames)) at pixels ``pix`` x ``frames``."""
+        pix, frames = np.asarray(pix, np.int64), np.asarray(frames, np.int64)
+        self._parts.append(((pix[:, None] * self.T + frames[None, :]).ravel(),
+                            np.asarray(values, np.float32).ravel()))
+
+    def finish(self):
+        """Sort what was added (call once, before lookups)."""
+        if self._parts:
+            keys = np.concatenate([self.keys] + [k for k, _ in self._parts])
+            vals = np.concatenate([self.values] + [v for _, v in self._parts])
+            self.keys, first = np.unique(keys, return_index=True)
+            self.values = vals[first]
+            self._parts = []
+        return self
+
+    @property
+    def nbytes(self):
+        return self.keys.nbytes + self.values.nbytes
+
+    def lookup(self, pix, frames):
+        """(len(pix), len(frames)) values, or None when a pair is missing."""
+        want = (np.asarray(pix, np.int64)[:, None] * self.T
+                + np.asarray(frames, np.int64)[None, :]).ravel()
+        if not len(want):
+            return np.zeros((len(pix), len(frames)), np.float32)
+        at = np.searchsorted(self.keys, want).clip(max=max(len(self.keys) - 1, 0))
+        if not len(self.keys) or not np.array_equal(self.keys[at], want):
+            return None
+        return self.values[at].reshape(len(pix), len(frames))
 
 
 def flatten_frames(x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +140,9 @@ def active_frames(C, Npeaks: int = 5, tB: int = -3, tA: int = 10, thres: float =
 
 def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5,
                         tB: int = -3, tA: int = 10, thres: float = 0.3,
-                        Athresh: float = 0.1, use_cuda=False,
-                        chunk_frames: int | None = None) -> np.ndarray:
+                        Athresh: float = ATHRESH, use_cuda=False,
+                        chunk_frames: int | None = None,
+                        samples: MovieSamples | None = None) -> np.ndarray:
     """Correlation of each footprint with the movie (minus background) over
     its active frames (see the module doc).
 
@@ -99,6 +156,9 @@ def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5
         Active frames, see :func:`active_frames`.
     Athresh : float
         Support of a footprint: its pixels at or above ``Athresh`` of its max.
+    samples : MovieSamples, optional
+        The movie's values where known already; components whose support
+        and active frames they hold are not read from the movie.
 
     Returns
     -------
@@ -140,11 +200,25 @@ def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5
     n_act = act.sum(1)
     W = act.to(torch.float32) / n_act.clamp_min(1)[:, None]        # (K, T)
 
-    Yr = _pixel_rows(images)
-    if Yr is not None:
-        M = _support_means_rows(Yr, pix, comp, to_numpy(W))
-    else:
-        M = _support_means_frames(images, pix, comp, W, device, chunk_frames)
+    M = np.zeros(len(pix), dtype=np.float64)
+    todo = np.ones(len(pix), dtype=bool)
+    if samples is not None:
+        W_np = to_numpy(W)
+        bounds = np.searchsorted(comp, np.arange(K + 1))
+        for k in range(K):
+            e = slice(bounds[k], bounds[k + 1])
+            fr = np.flatnonzero(W_np[k])
+            v = samples.lookup(pix[e], fr)
+            if v is not None:
+                M[e] = v.astype(np.float64) @ W_np[k, fr].astype(np.float64)
+                todo[e] = False
+    if todo.any():
+        p, c = pix[todo], comp[todo]
+        Yr = _pixel_rows(images)
+        if Yr is not None:
+            M[todo] = _support_means_rows(Yr, p, c, to_numpy(W))
+        else:
+            M[todo] = _support_means_frames(images, p, c, W, device, chunk_frames)
 
     W_h = to_numpy(W).astype(np.float64)
     if b is not None and f is not None and np.size(b) and np.size(f):
