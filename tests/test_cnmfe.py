@@ -144,6 +144,64 @@ def test_initialization_respects_K_cap(movie):
     assert r["precision"] == 1.0
 
 
+def test_seed_search_removes_from_the_filtered_movie_what_it_holds():
+    """The first search seeds on a filtered movie that is not the filtered
+    raw residual (``filter(Y - B)``, the ring having taken part of each
+    cell). Neurons fitted on the raw movie must leave the filtered movie
+    by what they explain there: subtracting their raw traces over-subtracts,
+    and the seed filter's negative surround turns the surplus into bright
+    correlated annuli that seed false neurons round by round (8 for these
+    3 cells, the filtered movie's energy up by half)."""
+    from gpu_cnmf.cnmf.corr_pnr import greedy_search
+
+    rng = np.random.default_rng(0)
+    h = w = 48
+    n = 400
+    yy, xx = np.mgrid[:h, :w]
+    cells = [(14, 14), (14, 34), (34, 24)]
+    A = np.stack([np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 3.0 ** 2)) for y, x in cells])
+    S = (rng.random((3, n)) < 0.02) * rng.uniform(5, 15, (3, n))
+    C = np.stack([np.convolve(s, 0.9 ** np.arange(40))[:n] for s in S])
+    neur = np.einsum("kt,khw->thw", C, A)
+    bg = 1000 + 200 * np.sin(np.arange(n) / 30)[:, None, None] \
+        * np.exp(-((yy - 24) ** 2 + (xx - 5) ** 2) / 800)[None]
+    noise = rng.standard_normal((n, h, w))
+    kernel = psf_kernel((3.0, 3.0), True)
+    Yres = torch.as_tensor(neur + bg + noise, dtype=torch.float32)
+    # the cells at 30 % of their raw amplitude in the movie the seeds come from
+    Yf = filter_movie(torch.as_tensor(0.3 * neur + noise, dtype=torch.float32), kernel)
+    energy = lambda x: float((x - x.mean(0)).square().sum())  # noqa: E731
+    e0 = energy(Yf)
+    blocked = torch.zeros((h, w), dtype=torch.bool)
+    A_img, C_fit, info = greedy_search(Yres, (3.0, 3.0), (7, 7), 0.8, 5, kernel, blocked, Yf=Yf)
+    assert A_img.shape[0] == 3 and info["rounds"] == 1
+    d = np.sqrt(((info["seeds"][:, None] - np.array(cells)[None]) ** 2).sum(-1))
+    assert np.all(d.min(1) <= 2)
+    assert energy(Yf) < e0                  # the subtraction only removed energy
+
+
+def test_initialization_on_a_hard_1p_movie_is_bounded_and_offset_free():
+    """CNMF-E's seeds on a small hard one-photon movie (bright fluctuating
+    background, vessel shadows, out-of-focus cells): one component per
+    cell, in a few rounds, and the same ones when a constant is added to
+    the movie (the motion correction's offset ``min_mov`` is the movie's
+    minimum, a different number for another draw of the shot noise).
+    Subtracting the raw traces from the filtered ``Y - B`` seeded 21
+    components here (11 false) in 11 rounds."""
+    from gpu_cnmf.synthetic import hard_1p
+
+    dims = (64, 64)
+    mov, truth = hard_1p(5, dims=dims, n_frames=600, n_neurons=10, shot_noise="gaussian",
+                         motion=None)
+    mov = mov.astype(np.float32)
+    runs = [initialize_corr_pnr(mov + off, 4, None, 0.8, 5, init_iter=1) for off in (0.0, 1e3)]
+    (A, C, _, extra), (A2, _, _, extra2) = runs
+    r = roi_f1(truth.A, A.numpy(), dims)
+    assert A.shape[1] <= 12 and extra["rounds"][0] <= 6
+    assert r["precision"] >= 0.9 and r["recall"] >= 0.9, r
+    np.testing.assert_array_equal(extra2["seeds"][0], extra["seeds"][0])
+    np.testing.assert_allclose(A2.numpy(), A.numpy(), atol=1e-3)
+
 # -------------------------------------------------------------- ring model
 
 def test_ring_geometry():
