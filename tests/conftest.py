@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,3 +30,19 @@ def devices():
     if torch.cuda.is_available():
         out.append("cuda")
     return out
+
+
+@pytest.fixture
+def memmap_movie(tmp_path):
+    """A function writing a (T, d1, d2) movie as the pixels x T C-order
+    memory map CNMF reads; it returns ``(Yr, images)``, ``images`` the
+    Fortran-ordered frames view of ``Yr`` (what ``load_memmap`` gives)."""
+    def write(movie):
+        T, d1, d2 = movie.shape
+        Yr = np.lib.format.open_memmap(tmp_path / "Yr.npy", "w+", np.float32, (d1 * d2, T))
+        Yr[:] = movie.reshape(T, -1, order="F").T
+        Yr.flush()
+        del Yr
+        Yr = np.load(tmp_path / "Yr.npy", mmap_mode="r")
+        return Yr, np.reshape(Yr.T, (T, d1, d2), order="F")
+    return write

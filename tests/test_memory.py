@@ -301,7 +301,7 @@ def test_background_and_projection_share_one_pass(tmp_path):
         np.testing.assert_allclose(AtY2.numpy(), AtY1.numpy(), rtol=1e-5, atol=1e-4)
 
 
-def test_cnmfe_refit_reuses_the_fits_pixel_means(tmp_path, monkeypatch):
+def test_cnmfe_refit_reuses_the_fits_pixel_means(memmap_movie, monkeypatch):
     """A CNMF-E refit streamed on the fitted ring background, of the file the
     fit read, takes the fit's pixel means instead of a pass of its own, and
     ends where the pass would have led it; a movie held in memory (which may
@@ -311,13 +311,7 @@ def test_cnmfe_refit_reuses_the_fits_pixel_means(tmp_path, monkeypatch):
     from gpu_cnmf.synthetic import make_movie
 
     movie, truth = make_movie("1p", dims=(64, 64), n_frames=300, n_neurons=8, seed=2)
-    T, d1, d2 = movie.shape
-    Yr = np.lib.format.open_memmap(tmp_path / "Yr.npy", "w+", np.float32, (d1 * d2, T))
-    Yr[:] = movie.reshape(T, -1, order="F").T
-    Yr.flush()
-    del Yr
-    Yr = np.load(tmp_path / "Yr.npy", mmap_mode="r")
-    images = np.reshape(Yr.T, (T, d1, d2), order="F")
+    Yr, images = memmap_movie(movie)
     params = CNMFParams(params_dict=dict(
         fr=truth.fr, decay_time=truth.decay_time, gSig=[4, 4], center_psf=True,
         method_init="corr_pnr", nb=0, K=None, min_corr=0.8, min_pnr=5, p=1))

@@ -68,24 +68,14 @@ def test_tile_keeps_its_own_results_and_the_merges_that_took_one():
     assert consumed == [7]
 
 
-def _memmap_movie(tmp_path, movie):
-    T, d1, d2 = movie.shape
-    Yr = np.lib.format.open_memmap(tmp_path / "Yr.npy", "w+", np.float32, (d1 * d2, T))
-    Yr[:] = movie.reshape(T, -1, order="F").T
-    Yr.flush()
-    del Yr
-    Yr = np.load(tmp_path / "Yr.npy", mmap_mode="r")
-    return Yr, np.reshape(Yr.T, (T, d1, d2), order="F")
-
-
-def test_refit_in_tiles_reads_the_movie_once_and_is_as_accurate(tmp_path, monkeypatch):
+def test_refit_in_tiles_reads_the_movie_once_and_is_as_accurate(memmap_movie, monkeypatch):
     from gpu_cnmf import CNMF
     from gpu_cnmf.demo import demo_params
     from gpu_cnmf.metrics import roi_f1, trace_correlation
     from gpu_cnmf.synthetic import make_movie
 
     movie, truth = make_movie("2p", dims=(80, 80), n_frames=600, n_neurons=24, seed=4)
-    Yr, images = _memmap_movie(tmp_path, movie)
+    Yr, images = memmap_movie(movie)
     params = demo_params(truth, use_cuda=False)
     fit = CNMF(params=params).fit(images, whole_field=False)
 
