@@ -327,7 +327,8 @@ class MovieMatrix:
 
     def take(self, rows, frames):
         """Values of a movie held in memory (:meth:`load`) at ``rows`` x
-        ``frames`` (LongTensors), as a (len(rows), len(frames)) tensor."""
+        ``frames`` (LongTensors), as a (len(rows), len(frames)) tensor, as
+        stored (excluded pixels are not zeroed: they are the file's)."""
         return self._src[rows[:, None], frames[None, :]]
 
     def _c_order(self):

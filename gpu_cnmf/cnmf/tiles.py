@@ -53,8 +53,8 @@ from .temporal import residual_traces
 # A tile holds its pixels x T float32 copy and, at most, half as much again
 # in the updates' blocks and products and the neighbours' subtraction.
 _COPIES = 1.5
-# The streamed refit reads the movie four times; more tile reads than that
-# would be no gain.
+# Tilings that read the movie more often than this are not worth their
+# margins (the streamed refit reads it five times).
 _MAX_READS = 4.0
 
 
@@ -240,8 +240,6 @@ def _sample(samples, mt, A, C, index, neighbours=None):
     pix, comp, val = fp.entries(A)
     peak = torch.zeros(K, device=val.device).scatter_reduce(0, comp, val, "amax")
     sel = val >= ATHRESH * peak[comp]
-    if mt.exclude is not None:          # read as zero here, as they are in the file there
-        sel &= mt.exclude[pix]
     pix, comp = pix[sel], comp[sel]
     bounds = torch.searchsorted(comp, torch.arange(K + 1, device=comp.device)).tolist()
     for k in range(K):

@@ -9,13 +9,15 @@ kept), average the movie minus the background ``b f`` over them, and
 correlate that mean image with the footprint over the footprint's support.
 Noise blobs and components fitted to nothing in particular get low values.
 
-What it reads: when the movie is the pixels x T C-order memory map (what
-the pipeline and CaImAn's ``load_memmap`` give, viewed as frames), only the
-rows of pixels on some footprint's support, each once, in blocks sized from
-the host memory budget -- at most one pass over the file, usually a
-fraction of one -- and the arithmetic touches only each component's active
-frames (``nnz(support) x ~70`` products). Any other movie (a frame-major
-array, a MovieSource) is read once in chunks of frames.
+What it reads: nothing for the components whose values a refit in tiles
+kept (:class:`MovieSamples`). For the others, when the movie is the pixels
+x T C-order memory map (what the pipeline and CaImAn's ``load_memmap``
+give, viewed as frames), only the rows of pixels on some footprint's
+support, each once, in blocks sized from the host memory budget -- at most
+one pass over the file, usually a fraction of one -- and the arithmetic
+touches only each component's active frames (``nnz(support) x ~70``
+products). Any other movie (a frame-major array, a MovieSource) is read
+once in chunks of frames.
 
 Names: ``A`` footprints (pixels x K, scipy.sparse, Fortran pixel order),
 ``C`` traces (K x T), ``b``/``f`` background footprints (pixels x nb) and
@@ -73,10 +75,6 @@ class MovieSamples:
             self.values = vals[first]
             self._parts = []
         return self
-
-    @property
-    def nbytes(self):
-        return self.keys.nbytes + self.values.nbytes
 
     def lookup(self, pix, frames):
         """(len(pix), len(frames)) values, or None when a pair is missing."""
