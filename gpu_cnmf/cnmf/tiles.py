@@ -50,9 +50,9 @@ from .products import Region
 from .spatial import background_and_AtY, background_solver, expand_supports
 from .temporal import residual_traces
 
-# A tile holds its pixels x T float32 copy and, at most, half as much again
-# in the updates' blocks and products and the neighbours' subtraction.
-_COPIES = 1.5
+# A tile holds its pixels x T float32 copy and, at most, a quarter as much
+# again in the updates' blocks and products and the neighbours' subtraction.
+_COPIES = 1.25
 # Tilings that read the movie more often than this are not worth their
 # margins (the streamed refit reads it five times).
 _MAX_READS = 4.0
