@@ -126,8 +126,8 @@ def test_movie_samples_answer_only_what_they_hold():
     rng = np.random.default_rng(0)
     Y = rng.random((50, 40)).astype(np.float32)
     s = MovieSamples(40)
-    s.add([3, 7, 9], [0, 5, 6], Y[np.ix_([3, 7, 9], [0, 5, 6])])
-    s.add([7, 11], [5, 39], Y[np.ix_([7, 11], [5, 39])])
+    for pix, fr in (([3, 7, 9], [0, 5, 6]), ([7, 11], [5, 39])):
+        s.add(s.key(np.array(pix), np.array(fr)), Y[np.ix_(pix, fr)])
     s.finish()
     np.testing.assert_array_equal(s.lookup([7, 9], [5, 6]), Y[np.ix_([7, 9], [5, 6])])
     np.testing.assert_array_equal(s.lookup([11], [39]), Y[np.ix_([11], [39])])

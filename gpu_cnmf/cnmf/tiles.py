@@ -47,7 +47,7 @@ from . import footprints as fp
 from .engine import Model, merge_step, refine, temporal_step
 from .merging import find_merges
 from .products import Region
-from .spatial import background_and_AtY, background_solver, expand_supports
+from .spatial import background_and_AtY, expand_supports
 from .temporal import residual_traces
 
 # A tile holds its pixels x T float32 copy and, at most, a quarter as much
@@ -206,13 +206,11 @@ def _core_rows(tile):
 
 def _cat(parts, model):
     """One whole-field model from the tiles' refined components."""
+    rows = {name: torch.cat([getattr(m, name) for m in parts], 0)
+            for name in Model._PER_COMPONENT
+            if all(getattr(m, name) is not None for m in parts)}
     out = Model(A=fp.cat(*[m.A for m in parts]), b=model.b, f=model.f, sn=model.sn,
-                b_mask=model.b_mask, g_global=model.g_global,
-                C=torch.cat([m.C for m in parts], 0))
-    for name in Model._PER_COMPONENT:
-        vals = [getattr(m, name) for m in parts]
-        if all(v is not None for v in vals):
-            setattr(out, name, torch.cat(vals, 0))
+                b_mask=model.b_mask, g_global=model.g_global, **rows)
     for m in parts:
         out.merged_ROIs.extend(m.merged_ROIs)
         for k, v in m.timings.items():
@@ -234,7 +232,8 @@ def _sample(samples, mt, A, C, index, neighbours=None):
     """Keep the movie where evaluation's spatial correlation will read it:
     each component's support (``ATHRESH`` of its peak and up) at its active
     frames, from the tile in memory (``neighbours``: the footprints on the
-    tile's pixels and traces subtracted from it, added back)."""
+    tile's pixels and traces subtracted from it, added back). Gathered on
+    the device, moved to the host once."""
     K = A.shape[1]
     act = active_frames(C)
     pix, comp, val = fp.entries(A)
@@ -242,6 +241,7 @@ def _sample(samples, mt, A, C, index, neighbours=None):
     sel = val >= ATHRESH * peak[comp]
     pix, comp = pix[sel], comp[sel]
     bounds = torch.searchsorted(comp, torch.arange(K + 1, device=comp.device)).tolist()
+    keys, vals = [], []
     for k in range(K):
         p, fr = pix[bounds[k]:bounds[k + 1]], torch.nonzero(act[k]).flatten()
         if not p.numel() or not fr.numel():
@@ -249,7 +249,10 @@ def _sample(samples, mt, A, C, index, neighbours=None):
         v = mt.take(p, fr)
         if neighbours is not None and neighbours[0].shape[1]:
             v = v + fp.matmul(fp.rows(neighbours[0], p), neighbours[1][:, fr])
-        samples.add(index[p].cpu().numpy(), fr.cpu().numpy(), v.cpu().numpy())
+        keys.append(samples.key(index[p], fr).ravel())
+        vals.append(v.ravel())
+    if keys:
+        samples.add(torch.cat(keys).cpu().numpy(), torch.cat(vals).cpu().numpy())
 
 
 def _first_update(mm, model, cfg, p):
@@ -275,11 +278,10 @@ def _refine_tile(mm, tile, model, owner, i, refined, b, samples, cfg, p):
     _first_update(mt, local, cfg, p)
     refine(mt, local, cfg, p, log=False)
     b_mask = None if model.b_mask is None else model.b_mask[index]
-    b_tile = background_solver(local.A, b[index], local.C, model.f, b_mask)(
-        0, mt.d, mt.CYt(model.f))
+    b_tile, AtY = background_and_AtY(mt, local.A, b[index], local.C, model.f, b_mask)
     core = _core_rows(tile).to(dev)
     b[index[core]] = b_tile[core]
-    local.YrA = residual_traces(mt.AtY(local.A, b_tile), fp.gram(local.A, b_tile),
+    local.YrA = residual_traces(AtY, fp.gram(local.A, b_tile),
                                 torch.cat([local.C, model.f], 0), local.K)
     keep, consumed = _kept(local, own)
     merged = [g for g in local.merged_ROIs if any(bool(own[m]) for m in g if m >= 0)]

@@ -60,10 +60,14 @@ class MovieSamples:
         self.keys = np.zeros(0, np.int64)
         self.values = np.zeros(0, np.float32)
 
-    def add(self, pix, frames, values):
-        """Values (len(pix), len(frames)) at pixels ``pix`` x ``frames``."""
-        pix, frames = np.asarray(pix, np.int64), np.asarray(frames, np.int64)
-        self._parts.append(((pix[:, None] * self.T + frames[None, :]).ravel(),
+    def key(self, pix, frames):
+        """(len(pix), len(frames)) keys of pixels ``pix`` x ``frames``
+        (integer numpy arrays or tensors, kept as given)."""
+        return pix[:, None] * self.T + frames[None, :]
+
+    def add(self, keys, values):
+        """Values at ``keys`` (:meth:`key`, flattened or not)."""
+        self._parts.append((np.asarray(keys, np.int64).ravel(),
                             np.asarray(values, np.float32).ravel()))
 
     def finish(self):
@@ -78,8 +82,7 @@ class MovieSamples:
 
     def lookup(self, pix, frames):
         """(len(pix), len(frames)) values, or None when a pair is missing."""
-        want = (np.asarray(pix, np.int64)[:, None] * self.T
-                + np.asarray(frames, np.int64)[None, :]).ravel()
+        want = self.key(np.asarray(pix, np.int64), np.asarray(frames, np.int64)).ravel()
         if not len(want):
             return np.zeros((len(pix), len(frames)), np.float32)
         at = np.searchsorted(self.keys, want).clip(max=max(len(self.keys) - 1, 0))
