@@ -1,6 +1,8 @@
 """The refit in tiles (gpu_cnmf.cnmf.tiles): the plan covers the field and
 each component's reach, the movie is read about once, and the result is as
 accurate as the refit on the whole field."""
+import copy
+
 import numpy as np
 import torch
 
@@ -63,9 +65,27 @@ def test_tile_keeps_its_own_results_and_the_merges_that_took_one():
     # merge of two components of other tiles (dropped: their tiles decide)
     local.ids = torch.tensor([0, 5, -1, -2])
     local.merged_ROIs = [[1, 7], [3, 4]]
-    keep, consumed = tiles._kept(local, own)
+    keep, consumed, groups = tiles._kept(local, own)
     assert keep.tolist() == [True, False, True, False]
     assert consumed == [7]
+    assert groups == [[1, 7]]
+
+
+def test_nested_merges_name_the_starting_components():
+    """A second round's merge of a merged component (CNMF-E's rounds merge
+    twice): kept when a starting member is the tile's own, its group the
+    starting components."""
+    own = torch.tensor([True, False, False, False, False, False])
+    local = Model(A=fp.to_sparse(torch.zeros((4, 2))), C=torch.zeros((2, 5)),
+                  b=torch.zeros((4, 0)), f=torch.zeros((0, 5)), sn=torch.zeros(4))
+    # merge 0 took 0 and 2; merge 1 took merge 0 and 4; 5 stays alone
+    local.ids = torch.tensor([5, -2])
+    local.merged_ROIs = [[0, 2], [-1, 4]]
+    keep, consumed, groups = tiles._kept(local, own)
+    assert keep.tolist() == [False, True]
+    assert consumed == [2, 4]
+    assert groups == [[0, 2, 4]]
+    assert tiles.expand_merged([[0, 2], [-1, 4], [-2, 3]]) == [[0, 2], [0, 2, 4], [0, 2, 4, 3]]
 
 
 def test_refit_in_tiles_reads_the_movie_once_and_is_as_accurate(memmap_movie, monkeypatch):
@@ -133,3 +153,73 @@ def test_movie_samples_answer_only_what_they_hold():
     np.testing.assert_array_equal(s.lookup([11], [39]), Y[np.ix_([11], [39])])
     assert s.lookup([11], [6]) is None and s.lookup([49], [39]) is None
     assert s.lookup([3], []).shape == (1, 0)
+
+
+def test_cnmfe_rounds_in_tiles_read_the_movie_once(memmap_movie, monkeypatch):
+    """CNMF-E's rounds on the ring background of a memory map (a refit that
+    keeps the fitted ring, the fit's own rounds left to it): in one tile the
+    streamed rounds exactly, the movie read once instead of once per
+    update; in several tiles as accurate; evaluation then reads nothing."""
+    from gpu_cnmf import CNMF
+    from gpu_cnmf.cnmf import ring_tiles
+    from gpu_cnmf.metrics import roi_f1, trace_correlation
+    from gpu_cnmf.params import CNMFParams
+    from gpu_cnmf.synthetic import make_movie
+
+    movie, truth = make_movie("1p", dims=(96, 96), n_frames=600, n_neurons=25, seed=1)
+    Yr, images = memmap_movie(movie)
+    params = CNMFParams(params_dict=dict(
+        fr=truth.fr, decay_time=truth.decay_time, gSig=[4, 4], center_psf=True,
+        method_init="corr_pnr", nb=0, K=None, min_corr=0.8, min_pnr=5, p=1, rf=24, stride=8,
+        only_init=True, ring_size_factor=1.5, ssub_B=2, low_rank_background=None))
+    # under three copies of the movie a refit keeps the fitted ring
+    monkeypatch.setenv("GPU_CNMF_MEMORY_BUDGET", str(int(2.5 * Yr.nbytes)))
+    fit = CNMF(params=params).fit(images, whole_field=False)
+    assert len(fit._deferred_rounds) == 2
+
+    def refit(copies=None, streamed=False):
+        if copies is not None:
+            monkeypatch.setattr(ring_tiles, "_COPIES", copies)
+        planned = []
+        real = ring_tiles.plan_tiles
+        monkeypatch.setattr(ring_tiles, "plan_tiles", lambda *a, **k: planned.append(
+            None if streamed else real(*a, **k)) or planned[-1])
+        r0 = backend.movie_io()["read"]
+        est = fit.refit(images).estimates
+        monkeypatch.setattr(ring_tiles, "plan_tiles", real)
+        return est, (backend.movie_io()["read"] - r0) / Yr.size, len(planned[0] or [])
+
+    streamed, reads_streamed, _ = refit(streamed=True)
+    whole, reads_whole, n_whole = refit()
+    assert n_whole == 1 and reads_whole == 1.0 and reads_streamed >= 5
+    assert whole.A.shape == streamed.A.shape
+    np.testing.assert_allclose(whole.C, streamed.C, rtol=1e-3, atol=1e-3 * np.abs(whole.C).max())
+    np.testing.assert_allclose(whole.b0, streamed.b0, rtol=1e-4, atol=1e-3)
+
+    # room for half the movie: four tiles, whose ring margins are a large
+    # share of so small a field
+    tiled, reads_tiled, n_tiled = refit(backend.memory_budget("cpu") / (0.5 * Yr.nbytes))
+    assert n_tiled >= 2 and reads_tiled < 3, (n_tiled, reads_tiled)
+    f1_whole = roi_f1(truth.A, whole.A, truth.dims)
+    f1_tiled = roi_f1(truth.A, tiled.A, truth.dims)
+    assert f1_whole["f1"] >= 0.9
+    assert f1_tiled["f1"] >= f1_whole["f1"] - 0.03
+    r = trace_correlation(truth.C, tiled.C, f1_tiled["matched_true"], f1_tiled["matched_est"])
+    assert np.median(r) >= 0.9
+    np.testing.assert_allclose(tiled.b0, whole.b0, atol=0.02 * np.abs(whole.b0).max())
+
+    # evaluation reads nothing (the tiles kept Y - B where it looks) and
+    # scores as from the file; samples of other components are not used
+    for est, tol in ((whole, 1e-4), (tiled, 0.02)):
+        fresh = copy.deepcopy(est)
+        fresh._movie_samples = None
+        r0 = backend.movie_io()["read"]
+        est.evaluate_components(images, params)
+        assert backend.movie_io()["read"] == r0
+        fresh.evaluate_components(images, params)
+        assert backend.movie_io()["read"] > r0
+        np.testing.assert_allclose(est.r_values, fresh.r_values, atol=tol)
+    tiled.select_components(idx_components=tiled.idx_components[1:])
+    r0 = backend.movie_io()["read"]
+    tiled.evaluate_components(images, params)
+    assert backend.movie_io()["read"] > r0

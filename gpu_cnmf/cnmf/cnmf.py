@@ -140,6 +140,8 @@ class CNMF:
         self.estimates = Estimates()
         self.Ain = Ain
         self._init_traces = (Cin, b_in, f_in)
+        # CNMF-E rounds a fit on patches left to the refit (fit(whole_field=False))
+        self._deferred_rounds = []
         self.dims = None
 
     # ------------------------------------------------------------------ API
@@ -154,17 +156,19 @@ class CNMF:
         Ain : array (pixels x K), optional
             Seeded CNMF from these footprints (as ``CNMF(..., Ain=...)``).
         whole_field : bool
-            On patches (two-photon): end, as CaImAn's fit does, with the
-            background and the traces updated on the whole movie (one pass
-            over it). False keeps the patches' traces, for a :meth:`refit`
-            that starts with that update anyway (the pipeline: a pass fewer).
+            On patches: end, as CaImAn's fit does, with the updates on the
+            whole movie (two-photon: the background and the traces, one
+            pass; CNMF-E: rounds on the ring background, when a refit would
+            not refit the ring). False keeps the patches' results and
+            leaves those updates to a :meth:`refit`, which runs them with
+            its own in the same read of the movie (the pipeline).
         """
         t_start = time.perf_counter()
         if Ain is not None:
             self.Ain = Ain
         device = get_device(self.params.use_cuda)
         if _is_cnmfe(self.params):
-            return self._fit_cnmfe(images, device, t_start)
+            return self._fit_cnmfe(images, device, t_start, whole_field)
         cfg = _config(self.params)
         src, layout, full_dims, T = as_pixel_matrix(images)
         region = _region(indices, full_dims)
@@ -198,7 +202,8 @@ class CNMF:
         model.timings["total"] = time.perf_counter() - t_start
         self._store(model, dims)
         if model.samples is not None:
-            self.estimates._movie_samples = (movie_key(images), model.samples)
+            # values of the movie itself: valid for any components
+            self.estimates._movie_samples = (movie_key(images), model.samples, None)
         mm.release()
         return self
 
@@ -220,6 +225,7 @@ class CNMF:
                          dview=dview if dview is not None else self.dview)
         cnm.estimates = copy.deepcopy(self.estimates)
         cnm._refit_from = True
+        cnm._deferred_rounds = list(self._deferred_rounds)
         return cnm.fit(images)
 
     def save(self, filename):
@@ -230,23 +236,24 @@ class CNMF:
         return save_results(filename, self.params, self.estimates.to_dict())
 
     # ------------------------------------------------------------- helpers
-    def _fit_cnmfe(self, images, device, t_start):
+    def _fit_cnmfe(self, images, device, t_start, whole_field=True):
         """1p movies: CNMF-E (corr-PNR seeds, ring background) on the whole
         field or on patches, see :mod:`gpu_cnmf.cnmf.cnmfe`."""
-        from .cnmfe import fit_cnmfe
+        from .cnmfe import N_ROUNDS, fit_cnmfe, round_plan
 
         from .ring_model import RingModel
         from .ring_movie import grid_factor
 
         cfg = fit_config(self.params)
         Ain, start, est = self.Ain, None, self.estimates
-        key, Ymean = movie_key(images), None
+        rounds = None
+        _, _, dims, T = as_pixel_matrix(images)
+        # a refit refits the ring on the whole field when the movie fits the
+        # budget (three float32 copies); otherwise it runs rounds on the
+        # fitted ring, and a fit on patches may leave its own rounds to it
+        on_ring = 3 * 4 * int(np.prod(dims)) * T > memory_budget(device)
         if Ain is None and getattr(self, "_refit_from", False):
-            d, T = int(np.prod(est.dims)), int(est.C.shape[1]) if est.C is not None else 0
-            # a refit refits the ring on the whole field when the movie fits the
-            # budget (three float32 copies); otherwise rounds stream on the fitted ring
-            if all(x is not None for x in (est.W, est.b0, est.C, est.sn)) and \
-                    3 * 4 * d * T > memory_budget(device):
+            if all(x is not None for x in (est.W, est.b0, est.C, est.sn)) and on_ring:
                 t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
                 A = fp.from_scipy(est.A, device)
                 ring = RingModel.from_sparse(est.W, est.dims, grid_factor(est.W.shape, est.dims),
@@ -254,23 +261,23 @@ class CNMF:
                 model = Model(A=A, C=t(est.C), b=torch.zeros((A.shape[0], 0), device=device),
                               f=torch.zeros((0, est.C.shape[1]), device=device), sn=t(est.sn))
                 start = (model, ring)
-                # the fit's pixel means, when the refit reads the same file
-                # (a pass fewer); a movie in memory may have changed
-                cached = getattr(est, "_pixel_means", None)
-                if key is not None and cached is not None and cached[0] == key:
-                    Ymean = torch.as_tensor(cached[1], device=device)
+                rounds = self._deferred_rounds + round_plan(N_ROUNDS)
             else:
                 Ain = est.A   # start from the fitted footprints
         n_proc = self.n_processes if self.n_processes > 1 else int(cfg["patch"]["n_processes"] or 1)
         model, ring, extra = fit_cnmfe(images, cfg, device, Ain=Ain, n_processes=n_proc,
                                        dview=self.dview, exclude=cfg["preprocess"]["pixels"],
-                                       start=start, Ymean=Ymean)
+                                       start=start, rounds=rounds,
+                                       refine=whole_field or not on_ring)
+        self._deferred_rounds = extra.pop("deferred", [])
         if start is not None:
             extra = dict(extra, Cn=est.Cn, pnr=est.pnr)
         model.timings["total"] = time.perf_counter() - t_start
         self._store(model, ring.dims, ring=ring, images=extra)
-        if key is not None and extra.get("Ymean") is not None:
-            self.estimates._pixel_means = (key, extra["Ymean"].detach().cpu().numpy())
+        if model.samples is not None:
+            # values of Y - B for these components: valid while they are
+            self.estimates._movie_samples = (movie_key(images), model.samples,
+                                             self.estimates.components_key())
         return self
 
     def _ain_tensor(self, Ain, d, device):

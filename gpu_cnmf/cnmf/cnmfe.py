@@ -38,7 +38,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..backend import memory_budget
 from ..errors import ParameterError
 from ..progress import log_step
 from . import footprints as fp
@@ -48,117 +47,16 @@ from .engine import Model, merge_step, model_from_numpy, model_to_numpy, spatial
     temporal_step
 from .patches import patch_config, patch_regions, place_patches, resolve_duplicates, \
     very_bad_components
-from .products import MovieMatrix, Region, add_entry_products, as_pixel_matrix, support_entries
+from .products import MovieMatrix, Region, as_pixel_matrix
 from .ring_model import RingModel, fit_ring, ring_radius, subtract_background
+from .ring_movie import RingCorrectedMovie
+from .ring_tiles import refine_on_ring_tiled, round_plan, run_rounds
 from .temporal import compute_residuals
 
-# Share of the memory budget that Y - B may take when held whole between
-# passes (otherwise it is recomputed chunk by chunk on every pass).
-_RESIDENT_FRACTION = 0.5
 # Rounds of (spatial, temporal, merge) after initialisation.
 N_ROUNDS = 2
-
-
-# frame-sized float32 buffers one chunk of Y - B holds at once
-_CHUNK_COPIES = 9
 # copies of its own movie one CNMF-E patch holds at its peak
 _PATCH_COPIES = 7
-
-
-class RingCorrectedMovie:
-    """``Y - B`` of a :class:`.products.MovieMatrix` under a ring model, with
-    the product interface the CNMF steps use (``AtY``, ``CYt``, ``blocks``).
-
-    ``B`` is computed frame chunk by frame chunk (the ring is spatial, so a
-    chunk of frames needs only those frames of ``Y`` and ``C``); the chunks
-    are held between passes only when the whole of ``Y - B`` fits in
-    ``_RESIDENT_FRACTION`` of the memory budget.
-
-    Parameters
-    ----------
-    mm : MovieMatrix
-    A : (d, K) tensor, C : (K, T) tensor
-        The neurons whose part ``A C`` the ring does not see.
-    ring : RingModel (with ``b0``)
-    resident : bool, optional
-        Hold ``Y - B`` whole; None decides from the budget.
-    """
-
-    def __init__(self, mm, A, C, ring, resident=None):
-        self.mm, self.ring = mm, ring
-        self.A, self.C = A, C
-        self.dims, self.d, self.T, self.device = mm.dims, mm.d, mm.T, mm.device
-        self.cols_per_block = mm.cols_per_block
-        budget = memory_budget(self.device, memory_fact=mm.memory_fact)
-        whole = self.d * self.T * 4
-        if resident is None:
-            resident = whole <= _RESIDENT_FRACTION * budget
-        # a chunk holds the frames (and their contiguous copy), A C, the
-        # residual before and after A C, the output, the upsampled ring term:
-        # up to nine frame-sized buffers at once (measured peak), in what the
-        # resident copy leaves of the budget
-        left = budget - (whole if resident else 0)
-        self.frames_per_chunk = int(max(1, min(self.T, left // (_CHUNK_COPIES * 4 * self.d))))
-        self._whole = None
-        if resident:
-            self._whole = torch.empty((self.d, self.T), dtype=torch.float32, device=self.device)
-            for t0, t1, c in self._compute():
-                self._whole[:, t0:t1] = c
-
-    def _compute(self):
-        use_ac = self.A.shape[1] > 0
-        for t0 in range(0, self.T, self.frames_per_chunk):
-            t1 = min(self.T, t0 + self.frames_per_chunk)
-            Y = self.mm.frames(t0, t1)
-            yield t0, t1, self.ring.subtract(Y, fp.matmul(self.A, self.C[:, t0:t1])
-                                             if use_ac else None)
-
-    def chunks(self):
-        """Yield ``(t0, t1, Yc)``: ``Y - B`` of frames t0:t1, (d, t1 - t0)."""
-        if self._whole is not None:
-            yield 0, self.T, self._whole
-            return
-        yield from self._compute()
-
-    def AtY(self, A, b=None):
-        K = A.shape[1]
-        nb = 0 if b is None else b.shape[1]
-        out = torch.zeros((K + nb, self.T), dtype=torch.float32, device=self.device)
-        if K + nb:
-            for t0, t1, Yc in self.chunks():
-                out[:K, t0:t1] = fp.t_matmul(A, Yc)
-                if nb:
-                    out[K:, t0:t1] = b.T @ Yc
-        return out
-
-    def CYt_at(self, C, idx, Cb=None):
-        """``(C Y')[r, idx[r, l]]`` and optionally ``Cb Y'``, in one pass
-        (see :meth:`.products.MovieMatrix.CYt_at`)."""
-        K, L = idx.shape
-        nb = 0 if Cb is None else Cb.shape[0]
-        out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
-        outb = torch.zeros((nb, self.d), dtype=torch.float32, device=self.device)
-        ent, pix, row = support_entries(idx, self.d)
-        for t0, t1, Yc in self.chunks():
-            add_entry_products(out, ent, row, pix, C[:, t0:t1], Yc)
-            if nb:
-                outb.addmm_(Cb[:, t0:t1], Yc.T)
-        return out.view(K, L) if Cb is None else (out.view(K, L), outb)
-
-    def blocks(self):
-        """Yield ``(p0, p1, Yb)``: pixel blocks of ``Y - B`` (all frames). When
-        not resident each block costs a pass (pixel statistics only)."""
-        h = self.dims[0]
-        step = max(1, self.cols_per_block) * h
-        for p0 in range(0, self.d, step):
-            p1 = min(self.d, p0 + step)
-            if self._whole is not None:
-                yield p0, p1, self._whole[p0:p1]
-            else:
-                yield p0, p1, torch.cat([Yc[p0:p1] for _, _, Yc in self._compute()], 1)
-
-    def release(self):
-        self._whole = None
 
 
 # --------------------------------------------------------------------------
@@ -405,36 +303,40 @@ def _pixel_means(mm):
     return out
 
 
-def refine_on_ring(mm, model, ring, cfg, timings, spatial=True, n_rounds=N_ROUNDS,
-                   Ymean=None):
-    """Rounds of (spatial, temporal, merge) on ``Y - B`` streamed frame chunk
-    by frame chunk, the ring weights ``W`` kept and ``b0`` (the mean of
-    ``Y - A C``) updated with the components: after patches, and in a refit.
+def refine_on_ring(mm, model, ring, cfg, timings, rounds, Ymean=None):
+    """The rounds ``rounds`` (:func:`.ring_tiles.round_plan`) on ``Y - B``,
+    the ring weights ``W`` kept and ``b0`` (the mean of ``Y - A C``)
+    updated with the components: after patches, and in a refit.
 
-    ``model`` and ``ring.b0`` are updated in place. ``Ymean``: the pixel
-    means when known (after patches), else a pass computes them.
+    On a memory-mapped movie in tiles, the movie read about once
+    (:mod:`.ring_tiles`); otherwise streamed frame chunk by frame chunk, a
+    pass per update (``Ymean``: the pixel means when known, else a pass
+    computes them).
+
+    Returns
+    -------
+    model : Model
+        Refined (with ``samples`` for evaluation when tiles ran).
+    ring : RingModel
+        With ``b0`` for the refined components.
     """
-    t0 = time.perf_counter()
+    if model.K and mm.on_disk and mm.d == int(np.prod(mm.full_dims)):
+        out = refine_on_ring_tiled(mm, model, ring, cfg, rounds, timings)
+        if out is not None:
+            return out, ring
     if Ymean is None:
         Ymean = _pixel_means(mm)
-    rounds = max(1, int(n_rounds)) if spatial else 1
-    for it in range(rounds):
-        ring.b0 = Ymean - fp.matmul(model.A, model.C.mean(1))
-        mc = RingCorrectedMovie(mm, model.A, model.C, ring)
-        if spatial:
-            spatial_step(mc, model, cfg)
-            t0 = _tick(timings, "spatial", t0, model.K)
-        temporal_step(mc, model, cfg)
-        t0 = _tick(timings, "temporal", t0, model.K)
-        mc.release()
-        if cfg["merge"]["do_merge"] and it < rounds - 1:
-            merge_step(model, cfg)
-            t0 = _tick(timings, "merge", t0, model.K)
+
+    def movie_for(m):
+        ring.b0 = Ymean - fp.matmul(m.A, m.C.mean(1))
+        return RingCorrectedMovie(mm, m.A, m.C, ring)
+
+    run_rounds(movie_for, model, cfg, rounds, timings, log="CNMF-E on the whole field")
     ring.b0 = Ymean - fp.matmul(model.A, model.C.mean(1))
     return model, ring
 
 
-def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
+def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None, refine=True):
     """CNMF-E on overlapping patches, combined (see the module docstring).
 
     Parameters
@@ -447,11 +349,15 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
     n_processes : int
     dview : optional
         Passed to :func:`.dispatch.map_patches`.
+    refine : bool
+        End with the rounds on the whole field's ring background. False
+        (exact ring model only) leaves them to a refit, which runs them
+        with its own: ``extra['deferred']`` lists them.
 
     Returns
     -------
     model : Model, ring : RingModel, extra : dict (Cn, pnr, Ymean: the pixel
-    means, from the patches' reads)
+    means, from the patches' reads; deferred)
     """
     t_all = time.perf_counter()
     P = cfg["patch"]
@@ -510,15 +416,19 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None):
                                           model.b_mask)
         temporal_step(mm, model, cfg, AtY=AtY)
     else:
-        refine_on_ring(mm, model, ring, cfg, timings, spatial=not P["skip_refinement"],
-                       Ymean=Ymean)
+        rounds = round_plan(N_ROUNDS, spatial=not P["skip_refinement"])
+        if refine:
+            model, ring = refine_on_ring(mm, model, ring, cfg, timings, rounds, Ymean=Ymean)
+        else:
+            ring.b0 = Ymean - fp.matmul(model.A, model.C.mean(1))
+            imgs["deferred"] = rounds
     model.timings = timings
     model.timings["total"] = time.perf_counter() - t_all
     return model, ring, imgs
 
 
 def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=None,
-              start=None, Ymean=None):
+              start=None, rounds=None, refine=True):
     """CNMF-E of a movie: on patches when ``patch.rf`` is set (and no
     footprints are given), else on the whole field of view; or, from a
     previous fit (``start``), rounds streamed on its ring background.
@@ -539,8 +449,10 @@ def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=
     start : (Model, RingModel), optional
         A fit to refine (refit): :func:`refine_on_ring`, never the movie
         whole in memory.
-    Ymean : (d,) tensor, optional
-        With ``start``, the movie's pixel means when known (saves a pass).
+    rounds : list of (spatial, merge), optional
+        With ``start``: the rounds to run (default ``round_plan(N_ROUNDS)``).
+    refine : bool
+        On patches: :func:`fit_cnmfe_patches`'s ``refine``.
 
     Returns
     -------
@@ -562,12 +474,13 @@ def fit_cnmfe(images, cfg, device, Ain=None, n_processes=1, dview=None, exclude=
             model, ring = start
             timings = {}
             t0 = time.perf_counter()
-            refine_on_ring(mm, model, ring, cfg, timings, Ymean=Ymean)
+            model, ring = refine_on_ring(mm, model, ring, cfg, timings,
+                                         round_plan(N_ROUNDS) if rounds is None else rounds)
             timings["total"] = time.perf_counter() - t0
             model.timings = timings
-            return model, ring, {"Ymean": Ymean}
+            return model, ring, {}
         if P["rf"] is not None and Ain is None:
-            return fit_cnmfe_patches(images, mm, cfg, device, n_processes, dview)
+            return fit_cnmfe_patches(images, mm, cfg, device, n_processes, dview, refine)
         return fit_cnmfe_fov(mm, cfg, device, Ain=Ain)
     finally:
         mm.release()

@@ -237,6 +237,14 @@ class Estimates:
             self.f = self.f * nB[:, None]
         return self
 
+    def components_key(self):
+        """A fingerprint of ``A`` and ``C`` (shapes, support size, sums):
+        samples of a background-removed movie hold only for them."""
+        if self.A is None or self.C is None:
+            return None
+        A = sp.csc_matrix(self.A)
+        return (A.shape, A.nnz, float(A.sum()), float(np.asarray(self.C, np.float64).sum()))
+
     def evaluate_components(self, images, params, dview=None):
         """Score every component and split them into accepted and rejected.
 
@@ -252,7 +260,8 @@ class Estimates:
 
         samples = None
         kept = getattr(self, "_movie_samples", None)
-        if kept is not None and kept[0] is not None and kept[0] == movie_key(images):
+        if kept is not None and kept[0] is not None and kept[0] == movie_key(images) and \
+                kept[2] in (None, self.components_key()):
             # the refit's tiles kept what the spatial correlation reads
             samples = kept[1]
         if self.W is not None and self.b0 is not None:

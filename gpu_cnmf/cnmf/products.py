@@ -294,24 +294,33 @@ class MovieMatrix:
         t = self._to_device(host, 0)
         return t * self.exclude[:, None] if self.exclude is not None else t
 
-    def load(self, region):
+    def _region_exclude(self, region):
+        """Local indices, in ``region``, of the pixels this matrix excludes."""
+        if self.exclude is None:
+            return None
+        index = torch.as_tensor(region.pixel_index(self.full_dims[0]), device=self.device)
+        return torch.nonzero(~self.exclude[index]).flatten().cpu().numpy()
+
+    def sub(self, region, device=None):
         """The pixels of ``region`` (a :class:`Region` of the full field, which
-        this matrix covers) read once into memory on the device, as a
+        this matrix covers) as a :class:`MovieMatrix` reading the same
+        source, on ``device`` (this matrix's by default)."""
+        return MovieMatrix(self._src, self.device if device is None else device, region=region,
+                           dims=self.full_dims if self.layout == "pixels" else None,
+                           block_pixels=self.block_pixels, memory_fact=self.memory_fact,
+                           exclude=self._region_exclude(region))
+
+    def load(self, region):
+        """The pixels of ``region`` read once into memory on the device, as a
         :class:`MovieMatrix` of their own (a writable copy: a tile of
         :mod:`.tiles`)."""
-        sub = MovieMatrix(self._src, "cpu", region=region,
-                          dims=self.full_dims if self.layout == "pixels" else None)
-        host = sub._host_block(0, region.dims[1])
+        host = self.sub(region, "cpu")._host_block(0, region.dims[1])
         # a zero-copy slice of the file is copied; a gathered block is used as is
         host = np.array(host, dtype=np.float32,
                         copy=bool(np.may_share_memory(host, self._src)) or None)
         Y = torch.from_numpy(host).to(self.device)
-        exclude = None
-        if self.exclude is not None:
-            index = torch.as_tensor(region.pixel_index(self.full_dims[0]), device=self.device)
-            exclude = torch.nonzero(~self.exclude[index]).flatten().cpu().numpy()
         return MovieMatrix(Y, self.device, dims=region.dims, block_pixels=self.block_pixels,
-                           memory_fact=self.memory_fact, exclude=exclude)
+                           memory_fact=self.memory_fact, exclude=self._region_exclude(region))
 
     def subtract(self, A, C):
         """``Y -= A C`` on a movie held in memory (:meth:`load`): ``A``

@@ -18,9 +18,18 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..backend import memory_budget
 from ..errors import ParameterError
 from ..io import ArraySource, MovieSource
+from . import footprints as fp
+from .products import add_entry_products, support_entries
 from .ring_model import _frames_view, _pixels_view, downsample_pixels, upsample_pixels
+
+# Share of the memory budget that Y - B may take when held whole between
+# passes (otherwise it is recomputed chunk by chunk on every pass).
+_RESIDENT_FRACTION = 0.5
+# frame-sized float32 buffers one chunk of Y - B holds at once
+CHUNK_COPIES = 9
 
 
 def grid_factor(W_shape, dims, ssub_B=None):
@@ -84,3 +93,147 @@ class BackgroundRemovedSource(MovieSource):
         Bd = torch.from_numpy(np.asarray(self.W @ Rd.reshape(w2 * h2, n).numpy()))
         Y -= upsample_pixels(Bd.reshape(w2, h2, n), dims, self.ssub_B)
         return np.ascontiguousarray(_frames_view(Y, dims).numpy())
+
+
+class _ChunkedMovie:
+    """The product interface the CNMF steps use (``AtY``, ``CYt_at``,
+    ``blocks``) over a movie made frame chunk by frame chunk
+    (``_compute``), held whole when ``_whole`` is set."""
+
+    _whole = None
+
+    def chunks(self):
+        """Yield ``(t0, t1, Yc)``: frames t0:t1 of the movie, (d, t1 - t0)."""
+        if self._whole is not None:
+            yield 0, self.T, self._whole
+            return
+        yield from self._compute()
+
+    def AtY(self, A, b=None):
+        K = A.shape[1]
+        nb = 0 if b is None else b.shape[1]
+        out = torch.zeros((K + nb, self.T), dtype=torch.float32, device=self.device)
+        if K + nb:
+            for t0, t1, Yc in self.chunks():
+                out[:K, t0:t1] = fp.t_matmul(A, Yc)
+                if nb:
+                    out[K:, t0:t1] = b.T @ Yc
+        return out
+
+    def CYt_at(self, C, idx, Cb=None):
+        """``(C Y')[r, idx[r, l]]`` and optionally ``Cb Y'``, in one pass
+        (see :meth:`.products.MovieMatrix.CYt_at`)."""
+        K, L = idx.shape
+        nb = 0 if Cb is None else Cb.shape[0]
+        out = torch.zeros(K * L, dtype=torch.float32, device=self.device)
+        outb = torch.zeros((nb, self.d), dtype=torch.float32, device=self.device)
+        ent, pix, row = support_entries(idx, self.d)
+        for t0, t1, Yc in self.chunks():
+            add_entry_products(out, ent, row, pix, C[:, t0:t1], Yc)
+            if nb:
+                outb.addmm_(Cb[:, t0:t1], Yc.T)
+        return out.view(K, L) if Cb is None else (out.view(K, L), outb)
+
+    def blocks(self):
+        """Yield ``(p0, p1, Yb)``: pixel blocks of the movie (all frames). When
+        not held whole each block costs a pass (pixel statistics only)."""
+        h = self.dims[0]
+        step = max(1, self.cols_per_block) * h
+        for p0 in range(0, self.d, step):
+            p1 = min(self.d, p0 + step)
+            if self._whole is not None:
+                yield p0, p1, self._whole[p0:p1]
+            else:
+                yield p0, p1, torch.cat([Yc[p0:p1] for _, _, Yc in self._compute()], 1)
+
+    def release(self):
+        self._whole = None
+
+
+class RingCorrectedMovie(_ChunkedMovie):
+    """``Y - B`` of a :class:`.products.MovieMatrix` under a ring model, with
+    the product interface the CNMF steps use.
+
+    ``B`` is computed frame chunk by frame chunk (the ring is spatial, so a
+    chunk of frames needs only those frames of ``Y`` and ``C``); the chunks
+    are held between passes only when the whole of ``Y - B`` fits in
+    ``_RESIDENT_FRACTION`` of the memory budget.
+
+    Parameters
+    ----------
+    mm : MovieMatrix
+    A : (d, K) tensor, C : (K, T) tensor
+        The neurons whose part ``A C`` the ring does not see.
+    ring : RingModel (with ``b0``)
+    resident : bool, optional
+        Hold ``Y - B`` whole; None decides from the budget.
+    """
+
+    def __init__(self, mm, A, C, ring, resident=None):
+        self.mm, self.ring = mm, ring
+        self.A, self.C = A, C
+        self.dims, self.d, self.T, self.device = mm.dims, mm.d, mm.T, mm.device
+        self.cols_per_block = mm.cols_per_block
+        budget = memory_budget(self.device, memory_fact=mm.memory_fact)
+        whole = self.d * self.T * 4
+        if resident is None:
+            resident = whole <= _RESIDENT_FRACTION * budget
+        # a chunk holds the frames (and their contiguous copy), A C, the
+        # residual before and after A C, the output, the upsampled ring term:
+        # up to nine frame-sized buffers at once (measured peak), in what the
+        # resident copy leaves of the budget
+        left = budget - (whole if resident else 0)
+        self.frames_per_chunk = int(max(1, min(self.T, left // (CHUNK_COPIES * 4 * self.d))))
+        self._whole = None
+        if resident:
+            self._whole = torch.empty((self.d, self.T), dtype=torch.float32, device=self.device)
+            for t0, t1, c in self._compute():
+                self._whole[:, t0:t1] = c
+
+    def _compute(self):
+        use_ac = self.A.shape[1] > 0
+        for t0 in range(0, self.T, self.frames_per_chunk):
+            t1 = min(self.T, t0 + self.frames_per_chunk)
+            Y = self.mm.frames(t0, t1)
+            yield t0, t1, self.ring.subtract(Y, fp.matmul(self.A, self.C[:, t0:t1])
+                                             if use_ac else None)
+
+
+class FilteredRingMovie(_ChunkedMovie):
+    """``Y - B`` on a piece of the field made from its ring-filtered movie
+    (:mod:`.ring_tiles`): ``Z + A c̄ 1' + G (C - c̄ 1')``, where ``Z`` is
+    held in memory, ``c̄`` are the traces' temporal means and ``G`` the
+    footprints filtered by the ring (``W A``).
+
+    Parameters
+    ----------
+    Z : (d, T) tensor
+    dims : (d1, d2)
+        The piece's frame shape.
+    A, G : (d, K) sparse tensors, C : (K, T) tensor
+    frames_per_chunk : int
+    """
+
+    def __init__(self, Z, dims, A, C, G, frames_per_chunk):
+        self.Z, self.A, self.C, self.G = Z, A, C, G
+        self.dims, self.d, self.T, self.device = tuple(dims), Z.shape[0], Z.shape[1], Z.device
+        # pixel blocks (pixel statistics only) of a chunk's size
+        self.cols_per_block = max(1, int(frames_per_chunk) * self.d // (self.T * dims[0]))
+        self.frames_per_chunk = int(max(1, min(self.T, frames_per_chunk)))
+        self.cbar = C.mean(1, keepdim=True)
+        self.Acbar = fp.matmul(A, self.cbar)                          # (d, 1)
+
+    def _compute(self):
+        for t0 in range(0, self.T, self.frames_per_chunk):
+            t1 = min(self.T, t0 + self.frames_per_chunk)
+            out = self.Z[:, t0:t1] + self.Acbar
+            if self.G.shape[1]:
+                out += fp.matmul(self.G, self.C[:, t0:t1] - self.cbar)
+            yield t0, t1, out
+
+    def take(self, rows, frames):
+        """Values at ``rows`` x ``frames`` (LongTensors)."""
+        out = self.Z[rows[:, None], frames[None, :]] + self.Acbar[rows]
+        if self.G.shape[1]:
+            out += fp.matmul(fp.rows(self.G, rows), self.C[:, frames] - self.cbar)
+        return out

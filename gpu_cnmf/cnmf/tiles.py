@@ -61,12 +61,15 @@ _MAX_READS = 4.0
 @dataclass(frozen=True)
 class Tile:
     """A piece of the field: ``core`` (the components centred there are its
-    own), ``region`` (the core grown by their reach: what is read), and
-    ``own`` ((K,) bool)."""
+    own), ``region`` (the core grown by their reach: where they are
+    fitted), ``own`` ((K,) bool) and ``read`` (what is read to know the
+    data on ``region``: the region itself, or for CNMF-E the region grown
+    by the ring, :mod:`.ring_tiles`)."""
 
     core: Region
     region: Region
     own: torch.Tensor
+    read: Region
 
 
 def reach(A, dims, spatial):
@@ -93,7 +96,7 @@ def _cuts(n, side):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def plan_tiles(A, dims, max_pixels, spatial):
+def plan_tiles(A, dims, max_pixels, spatial, grow=None):
     """The fewest square tiles whose regions each hold at most
     ``max_pixels`` pixels.
 
@@ -104,6 +107,9 @@ def plan_tiles(A, dims, max_pixels, spatial):
     max_pixels : int
     spatial : dict
         The ``spatial`` parameter group (how supports are expanded).
+    grow : callable, optional
+        ``grow(region) -> Region``: what must be read to know the data on a
+        region (by default the region itself); the reads are counted on it.
 
     Returns
     -------
@@ -128,8 +134,9 @@ def plan_tiles(A, dims, max_pixels, spatial):
                 else:
                     ry0, ry1, rx0, rx1 = y0, y1, x0, x1
                 region = Region(ry0, ry1, rx0, rx1)
-                tiles.append(Tile(Region(y0, y1, x0, x1), region, own))
-                area += region.dims[0] * region.dims[1]
+                read = region if grow is None else grow(region)
+                tiles.append(Tile(Region(y0, y1, x0, x1), region, own, read))
+                area += read.dims[0] * read.dims[1]
         if area > _MAX_READS * d1 * d2:
             return None
         if max(t.region.dims[0] * t.region.dims[1] for t in tiles) <= max_pixels:
@@ -169,23 +176,54 @@ def _refined_neighbours(index, refined):
     return fp.cat(*As), torch.cat(Cs, 0)
 
 
+def _originals(groups, i):
+    """The starting components that id ``i`` stands for: itself, or for a
+    merged component (``-(1 + j)``: group ``j`` of ``groups``) its
+    group's members, nested merges expanded."""
+    if i >= 0:
+        return [i]
+    return [m for j in groups[-1 - i] for m in _originals(groups, j)]
+
+
+def expand_merged(groups):
+    """``merged_ROIs`` with every merged id replaced by the starting
+    components it stands for."""
+    return [[m for i in g for m in _originals(groups, i)] for g in groups]
+
+
 def _kept(local, own):
-    """(K_local,) bool: the tile's results to keep, its own components and
-    the merges that took one of them; and the ids of the other tiles'
-    components those merges consumed."""
+    """The tile's results to keep: its own components and the merges that
+    took one of them.
+
+    Returns
+    -------
+    keep : (K_local,) bool tensor
+    consumed : list of int
+        The other tiles' components those merges took in.
+    groups : list of lists
+        For each kept merged component, in order, the starting components
+        it holds.
+    """
     ids = local.ids
     keep = torch.zeros(local.K, dtype=torch.bool, device=ids.device)
-    consumed = []
+    consumed, groups = [], []
     for j in range(local.K):
-        i = int(ids[j])
-        if i >= 0:
-            keep[j] = bool(own[i])
-            continue
-        members = local.merged_ROIs[-1 - i]
-        if any(bool(own[m]) for m in members if m >= 0):
+        members = _originals(local.merged_ROIs, int(ids[j]))
+        if any(bool(own[m]) for m in members):
             keep[j] = True
-            consumed.extend(m for m in members if m >= 0 and not bool(own[m]))
-    return keep, consumed
+            if int(ids[j]) < 0:
+                consumed.extend(m for m in members if not bool(own[m]))
+                groups.append(members)
+    return keep, consumed, groups
+
+
+def _renumber(local, offset):
+    """Give a tile's kept merged components the ids of their groups among
+    all tiles' (``offset`` groups before them); returns the new count."""
+    neg = local.ids < 0
+    n = int(neg.sum())
+    local.ids[neg] = -1 - torch.arange(offset, offset + n, device=local.ids.device)
+    return offset + n
 
 
 def _whole_field(A, index, d):
@@ -283,10 +321,9 @@ def _refine_tile(mm, tile, model, owner, i, refined, b, samples, cfg, p):
     b[index[core]] = b_tile[core]
     local.YrA = residual_traces(AtY, fp.gram(local.A, b_tile),
                                 torch.cat([local.C, model.f], 0), local.K)
-    keep, consumed = _kept(local, own)
-    merged = [g for g in local.merged_ROIs if any(bool(own[m]) for m in g if m >= 0)]
+    keep, consumed, groups = _kept(local, own)
     local.select(keep)
-    local.merged_ROIs = merged
+    local.merged_ROIs = groups
     _sample(samples, mt, local.A, local.C, index, neighbours)
     local.A = _whole_field(local.A, index, mm.d)
     local.b = local.f = None
@@ -338,12 +375,13 @@ def refine_tiled(mm, model, cfg, p=None):
         owner[tile.own] = i
     model.ids = torch.arange(model.K, device=dev)
     b = model.b.clone()
-    refined = []
+    refined, n_merged = [], 0
     for i, tile in enumerate(tiles):
         t0 = time.perf_counter()
         local, consumed = _refine_tile(mm, tile, model, owner, i, refined, b, samples, cfg, p)
         if consumed:
             owner[torch.as_tensor(consumed, device=dev)] = -1
+        n_merged = _renumber(local, n_merged)
         refined.append(local)
         log_step("CNMF refit in tiles", f"tile {i + 1}/{len(tiles)} "
                  f"({tile.region.dims[0]}x{tile.region.dims[1]} px)",
@@ -353,6 +391,7 @@ def refine_tiled(mm, model, cfg, p=None):
     if cfg["merge"]["do_merge"]:
         tile_of = torch.cat([torch.full((m.K,), i, device=dev) for i, m in enumerate(refined)])
         _merge_across(out, tile_of, cfg, p)
+    out.merged_ROIs = expand_merged(out.merged_ROIs)
     out.ids = None
     out.samples = samples.finish()
     return out
