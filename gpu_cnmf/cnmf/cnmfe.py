@@ -23,10 +23,13 @@ deleted (``del_duplicates``) or merged (:func:`.patches.place_patches`,
 :func:`.patches.resolve_duplicates`; pixels within ``border_pix`` of the
 edge cleared). With ``nb == 0`` (``low_rank_background=None``, CaImAn's
 exact ring model) each pixel keeps the ring weights of the patch where it
-sits most centrally, so ``W`` covers the field, and the final spatial and
-temporal rounds stream ``Y - B`` frame chunk by frame chunk
-(:class:`RingCorrectedMovie`): the whole-field background is never a
-pixels x T array. With ``nb > 0`` each patch returns ``nb_patch`` low-rank
+sits most centrally, so ``W`` covers the field, and rounds of spatial and
+temporal updates follow on ``Y - B`` (:func:`refine_on_ring`): on a memory
+map in tiles, each read once (:mod:`.ring_tiles`), else streamed frame
+chunk by frame chunk (:class:`.ring_movie.RingCorrectedMovie`); the
+whole-field background is never a pixels x T array. A refit runs more
+such rounds, and ``CNMF.fit(whole_field=False)`` leaves the fit's rounds to
+it, so that both run in one read of the movie. With ``nb > 0`` each patch returns ``nb_patch`` low-rank
 background components, kept local or compressed to ``nb``
 (``low_rank_background``), and the traces are refitted on ``Y`` with them.
 """

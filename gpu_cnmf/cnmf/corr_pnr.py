@@ -68,6 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backend import memory_budget
 from ..errors import ParameterError
 from ..params import default_gsiz
 from ..summary import PixelMoments, neighbour_offsets, psf_kernel, spatial_filter
@@ -86,8 +87,17 @@ REL_MIN = 0.1
 MAX_ROUNDS = 100
 # Budget (bytes) for the gathered boxes of one batch of seeds.
 _BOX_BYTES = 256 * 2 ** 20
-# Frames per chunk of the filtering and image passes.
+# Elements per chunk of the filtering and image passes, at most; and the
+# share of the memory budget a chunk's temporaries (padded frames, spectra:
+# about 16 float32 copies) may take.
 _CHUNK_ELEMS = 2 ** 20
+_CHUNK_SHARE = 1 / 16
+
+
+def _chunk_elems(device):
+    """Elements per chunk on ``device``: ``_CHUNK_ELEMS``, fewer under a
+    small memory budget."""
+    return int(max(1024, min(_CHUNK_ELEMS, _CHUNK_SHARE * memory_budget(device) // (4 * 16))))
 
 
 def check_parameters(gSig, gSiz, min_corr, min_pnr, ring_size_factor, ssub_B, init_iter,
@@ -196,7 +206,7 @@ def periodogram_noise(y, noise_range=(0.25, 0.5), noise_method="mean"):
         raise ParameterError(f"noise_range: {tuple(noise_range)!r} holds no frequency bin for "
                              f"{n} frames")
     out = torch.empty(y.shape[1], dtype=torch.float64, device=y.device)
-    step = max(1, _CHUNK_ELEMS // max(1, n))
+    step = max(1, _chunk_elems(y.device) // max(1, n))
     for p0 in range(0, y.shape[1], step):
         X = torch.fft.rfft(y[:, p0:p0 + step], dim=0).index_select(0, band)
         pxx = torch.view_as_real(X).square().sum(-1).double() / n
@@ -315,7 +325,7 @@ def filter_movie(frames, kernel):
     (T, d1, d2) in chunks."""
     T, d1, d2 = frames.shape
     out = torch.empty((T, d1, d2), dtype=torch.float32, device=frames.device)
-    step = max(1, _CHUNK_ELEMS // (d1 * d2))
+    step = max(1, _chunk_elems(frames.device) // (d1 * d2))
     for t0 in range(0, T, step):
         out[t0:t0 + step] = spatial_filter(frames[t0:t0 + step], kernel, border=BORDER)
     return out
@@ -355,7 +365,7 @@ def corr_pnr_images(Yf, sn, threshold=Z_THRESHOLD):
     inv = torch.where(ok, 1.0 / sn.clamp_min(1e-30), torch.zeros_like(sn))
     pnr = ((Yf.amax(0) - mean) * inv).clamp_min(0)
     mom = PixelMoments(dims=(h, w), device=Yf.device, offsets=neighbour_offsets(2, True))
-    step = max(1, _CHUNK_ELEMS // (h * w))
+    step = max(1, _chunk_elems(Yf.device) // (h * w))
     for t0 in range(0, T, step):
         z = (Yf[t0:t0 + step] - mean) * inv
         mom.update(z.masked_fill_(z < threshold, 0.0))

@@ -1,14 +1,19 @@
-"""A one-photon movie with its CNMF-E background removed, read lazily.
+"""A one-photon movie with its CNMF-E background removed, made lazily.
 
 CNMF-E explains a 1p movie ``Y`` as ``A C + B + E`` with the ring background
 ``B = W (Y - A C - b0 1') + b0 1'`` (see :mod:`.ring_model`; ``W`` is kept,
 as in CaImAn, as a sparse matrix over a grid downsampled by ``ssub_B``).
-Whatever scores components against the movie (the spatial correlation of
-component evaluation) must see ``Y - B``, not ``Y``: the background is many
-times brighter than the neurons and its spatial gradients would swamp a
-footprint's correlation with the data. :class:`BackgroundRemovedSource`
-yields ``Y - B`` frame range by frame range, so it streams like any other
-:class:`~gpu_cnmf.io.MovieSource`.
+Whatever fits or scores components against the movie must see ``Y - B``, not
+``Y``: the background is many times brighter than the neurons. Three views
+of ``Y - B``, each made frame chunk by frame chunk:
+
+- :class:`BackgroundRemovedSource`, a :class:`~gpu_cnmf.io.MovieSource`
+  for what reads frame ranges (component evaluation);
+- :class:`RingCorrectedMovie`, the products the CNMF updates need
+  (``A' (Y - B)``, ``C (Y - B)'`` on supports) from a
+  :class:`.products.MovieMatrix`, a pass over it per product;
+- :class:`FilteredRingMovie`, the same products on a tile held in memory
+  as its ring-filtered movie (:mod:`.ring_tiles`), reading nothing.
 """
 from __future__ import annotations
 
