@@ -247,11 +247,10 @@ class CNMF:
         cfg = fit_config(self.params)
         Ain, start, est = self.Ain, None, self.estimates
         rounds = None
-        _, _, dims, T = as_pixel_matrix(images)
         # a refit refits the ring on the whole field when the movie fits the
         # budget (three float32 copies); otherwise it runs rounds on the
         # fitted ring, and a fit on patches may leave its own rounds to it
-        on_ring = 3 * 4 * int(np.prod(dims)) * T > memory_budget(device)
+        on_ring = 3 * 4 * int(np.prod(np.shape(images))) > memory_budget(device)
         if Ain is None and getattr(self, "_refit_from", False):
             if all(x is not None for x in (est.W, est.b0, est.C, est.sn)) and on_ring:
                 t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)  # noqa: E731
