@@ -1,9 +1,11 @@
-"""The refit in tiles (gpu_cnmf.cnmf.tiles): the plan covers the field and
-each component's reach, the movie is read about once, and the result is as
-accurate as the refit on the whole field."""
+"""The refit in tiles (gpu_cnmf.cnmf.tiles) and CNMF-E's rounds in tiles
+(gpu_cnmf.cnmf.ring_tiles): the plan covers the field and each component's
+reach, the movie is read about once, and the result is as accurate as on
+the whole field."""
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from gpu_cnmf import backend
@@ -88,10 +90,22 @@ def test_nested_merges_name_the_starting_components():
     assert tiles.expand_merged([[0, 2], [-1, 4], [-2, 3]]) == [[0, 2], [0, 2, 4], [0, 2, 4, 3]]
 
 
+def _as_accurate(truth, whole, tiled, trace_r):
+    """The one-tile result finds the cells; the tiled one as many, within
+    0.03 of F1, with traces correlated ``trace_r`` or better (median)."""
+    from gpu_cnmf.metrics import roi_f1, trace_correlation
+
+    f1_whole = roi_f1(truth.A, whole.A, truth.dims)
+    f1_tiled = roi_f1(truth.A, tiled.A, truth.dims)
+    assert f1_whole["f1"] >= 0.9
+    assert f1_tiled["f1"] >= f1_whole["f1"] - 0.03
+    r = trace_correlation(truth.C, tiled.C, f1_tiled["matched_true"], f1_tiled["matched_est"])
+    assert np.median(r) >= trace_r
+
+
 def test_refit_in_tiles_reads_the_movie_once_and_is_as_accurate(memmap_movie, monkeypatch):
     from gpu_cnmf import CNMF
     from gpu_cnmf.demo import demo_params
-    from gpu_cnmf.metrics import roi_f1, trace_correlation
     from gpu_cnmf.synthetic import make_movie
 
     movie, truth = make_movie("2p", dims=(80, 80), n_frames=600, n_neurons=24, seed=4)
@@ -115,12 +129,7 @@ def test_refit_in_tiles_reads_the_movie_once_and_is_as_accurate(memmap_movie, mo
     # the streamed refit reads it 5 times; at this size a tile's margin is
     # a large share of it
     assert n_tiled >= 2 and reads_tiled < 2, (n_tiled, reads_tiled)
-    f1_whole = roi_f1(truth.A, whole.A, truth.dims)
-    f1_tiled = roi_f1(truth.A, tiled.A, truth.dims)
-    assert f1_whole["f1"] >= 0.9
-    assert f1_tiled["f1"] >= f1_whole["f1"] - 0.03
-    r = trace_correlation(truth.C, tiled.C, f1_tiled["matched_true"], f1_tiled["matched_est"])
-    assert np.median(r) >= 0.95
+    _as_accurate(truth, whole, tiled, trace_r=0.95)
     # every component of the tiled refit is whole: its footprint reaches
     # across tile edges where the cell does
     assert tiled.A.shape[0] == Yr.shape[0] and (tiled.A.sum(0) > 0).all()
@@ -162,7 +171,6 @@ def test_cnmfe_rounds_in_tiles_read_the_movie_once(memmap_movie, monkeypatch):
     update; in several tiles as accurate; evaluation then reads nothing."""
     from gpu_cnmf import CNMF
     from gpu_cnmf.cnmf import ring_tiles
-    from gpu_cnmf.metrics import roi_f1, trace_correlation
     from gpu_cnmf.params import CNMFParams
     from gpu_cnmf.synthetic import make_movie
 
@@ -200,12 +208,7 @@ def test_cnmfe_rounds_in_tiles_read_the_movie_once(memmap_movie, monkeypatch):
     # share of so small a field
     tiled, reads_tiled, n_tiled = refit(backend.memory_budget("cpu") / (0.5 * Yr.nbytes))
     assert n_tiled >= 2 and reads_tiled < 3, (n_tiled, reads_tiled)
-    f1_whole = roi_f1(truth.A, whole.A, truth.dims)
-    f1_tiled = roi_f1(truth.A, tiled.A, truth.dims)
-    assert f1_whole["f1"] >= 0.9
-    assert f1_tiled["f1"] >= f1_whole["f1"] - 0.03
-    r = trace_correlation(truth.C, tiled.C, f1_tiled["matched_true"], f1_tiled["matched_est"])
-    assert np.median(r) >= 0.9
+    _as_accurate(truth, whole, tiled, trace_r=0.9)
     np.testing.assert_allclose(tiled.b0, whole.b0, atol=0.02 * np.abs(whole.b0).max())
 
     # evaluation reads nothing (the tiles kept Y - B where it looks) and
@@ -223,3 +226,34 @@ def test_cnmfe_rounds_in_tiles_read_the_movie_once(memmap_movie, monkeypatch):
     r0 = backend.movie_io()["read"]
     tiled.evaluate_components(images, params)
     assert backend.movie_io()["read"] > r0
+
+
+@pytest.mark.gpu
+def test_cnmfe_rounds_in_tiles_agree_on_cpu_and_gpu(memmap_movie, monkeypatch):
+    """The tiled CNMF-E rounds give the same components on the GPU as on
+    the CPU (the code never asks which device it is on)."""
+    from gpu_cnmf import CNMF
+    from gpu_cnmf.cnmf import ring_tiles
+    from gpu_cnmf.metrics import roi_f1, trace_correlation
+    from gpu_cnmf.params import CNMFParams
+    from gpu_cnmf.synthetic import make_movie
+
+    movie, truth = make_movie("1p", dims=(96, 96), n_frames=600, n_neurons=25, seed=1)
+    Yr, images = memmap_movie(movie)
+    monkeypatch.setenv("GPU_CNMF_MEMORY_BUDGET", str(int(2.5 * Yr.nbytes)))
+    # four tiles on either device
+    monkeypatch.setattr(ring_tiles, "_COPIES", 2.5 / 0.5)
+    out = {}
+    for use_cuda in (False, True):
+        params = CNMFParams(params_dict=dict(
+            fr=truth.fr, decay_time=truth.decay_time, gSig=[4, 4], center_psf=True,
+            method_init="corr_pnr", nb=0, K=None, min_corr=0.8, min_pnr=5, p=1, rf=24,
+            stride=8, only_init=True, ring_size_factor=1.5, ssub_B=2,
+            low_rank_background=None, use_cuda=use_cuda))
+        fit = CNMF(params=params).fit(images, whole_field=False)
+        out[use_cuda] = fit.refit(images).estimates
+    cpu, gpu = out[False], out[True]
+    f1 = roi_f1(cpu.A, gpu.A, truth.dims)
+    assert f1["f1"] >= 0.95
+    r = trace_correlation(cpu.C, gpu.C, f1["matched_true"], f1["matched_est"])
+    assert np.median(r) >= 0.99

@@ -29,9 +29,10 @@ map in tiles, each read once (:mod:`.ring_tiles`), else streamed frame
 chunk by frame chunk (:class:`.ring_movie.RingCorrectedMovie`); the
 whole-field background is never a pixels x T array. A refit runs more
 such rounds, and ``CNMF.fit(whole_field=False)`` leaves the fit's rounds to
-it, so that both run in one read of the movie. With ``nb > 0`` each patch returns ``nb_patch`` low-rank
-background components, kept local or compressed to ``nb``
-(``low_rank_background``), and the traces are refitted on ``Y`` with them.
+it, so that both run in one read of the movie. With ``nb > 0`` each patch
+returns ``nb_patch`` low-rank background components, kept local or
+compressed to ``nb`` (``low_rank_background``), and the traces are refitted
+on ``Y`` with them.
 """
 from __future__ import annotations
 

@@ -48,8 +48,8 @@ from .engine import merge_step, spatial_step, temporal_step
 from .products import MovieMatrix, Region
 from .ring_model import RingModel, ring_fluctuation
 from .ring_movie import CHUNK_COPIES, FilteredRingMovie
-from .tiles import _COPIES, _cat, _core_rows, _kept, _local, _merge_across, _renumber, \
-    _sample, _touching, _whole_field, expand_merged, plan_tiles
+from .tiles import _COPIES, _core_rows, _kept, _local, _sample, _touching, _whole_field, \
+    plan_tiles, sweep
 
 # Components filtered by the ring at once (a dense region x batch block).
 _FILTER_BATCH = 64
@@ -230,8 +230,7 @@ def _ring_tile(mm, tile, model, ring, owner, i, refined, Ymean, samples, cfg, ro
     G_f = filter_footprints(lring, A_f, rows)
     A_fr = fp.rows(A_f, rows)
     Zm = MovieMatrix(Z, dev, dims=tile.region.dims, memory_fact=mm.memory_fact)
-    Zm.subtract(fp.to_sparse(fp.to_dense(A_fr) - fp.to_dense(G_f)),
-                C_f - C_f.mean(1, keepdim=True))
+    Zm.subtract((A_fr - G_f).coalesce(), C_f - C_f.mean(1, keepdim=True))
     del G_f
 
     local = _local(model, fitted, index)
@@ -280,33 +279,14 @@ def refine_on_ring_tiled(mm, model, ring, cfg, rounds, timings):
                        grow=lambda r: read_region(r, dims, ring))
     if tiles is None:
         return None
-    dev = mm.device
-    owner = torch.full((model.K,), len(tiles), dtype=torch.long, device=dev)
-    for i, tile in enumerate(tiles):
-        owner[tile.own] = i
-    model.ids = torch.arange(model.K, device=dev)
-    Ymean = torch.zeros(mm.d, dtype=torch.float32, device=dev)
+    Ymean = torch.zeros(mm.d, dtype=torch.float32, device=mm.device)
     samples = MovieSamples(mm.T)
-    refined, n_merged = [], 0
-    for i, tile in enumerate(tiles):
-        t0 = time.perf_counter()
-        local, consumed = _ring_tile(mm, tile, model, ring, owner, i, refined, Ymean, samples,
-                                     cfg, rounds, budget)
-        if consumed:
-            owner[torch.as_tensor(consumed, device=dev)] = -1
-        n_merged = _renumber(local, n_merged)
-        refined.append(local)
-        r = tile.read
-        log_step("CNMF-E rounds in tiles", f"tile {i + 1}/{len(tiles)} "
-                 f"({r.dims[0]}x{r.dims[1]} px read)", time.perf_counter() - t0, local.K)
-    out = _cat(refined, model)
+    out = sweep(tiles, model, cfg, None, "CNMF-E rounds in tiles",
+                lambda i, tile, owner, refined: _ring_tile(mm, tile, model, ring, owner, i,
+                                                           refined, Ymean, samples, cfg,
+                                                           rounds, budget))
     for k, v in out.timings.items():
         timings[k] = timings.get(k, 0.0) + v
-    if cfg["merge"]["do_merge"]:
-        tile_of = torch.cat([torch.full((m.K,), i, device=dev) for i, m in enumerate(refined)])
-        _merge_across(out, tile_of, cfg, None)
-    out.merged_ROIs = expand_merged(out.merged_ROIs)
-    out.ids = None
     ring.b0 = Ymean - fp.matmul(out.A, out.C.mean(1, keepdim=True))[:, 0]
     out.samples = samples.finish()
     return out

@@ -331,6 +331,56 @@ def _refine_tile(mm, tile, model, owner, i, refined, b, samples, cfg, p):
     return local, consumed
 
 
+def sweep(tiles, model, cfg, p, what, refine_tile):
+    """Refine ``model``'s components tile by tile, then merge those of
+    different tiles that should merge.
+
+    Parameters
+    ----------
+    tiles : list of Tile
+    model : Model
+        On the whole field; its ``ids`` are set (the starting indices).
+    cfg : dict of parameter groups
+    p : int or None
+        AR order for the merges.
+    what : str
+        The log lines' name (a line a tile).
+    refine_tile : callable
+        ``refine_tile(i, tile, owner, refined) -> (local, consumed)``: tile
+        ``i``'s own components refined, given each component's tile
+        (``owner``, -1 once a merge consumed it) and the tiles refined so
+        far; and the ids of the later tiles' components its merges took in.
+
+    Returns
+    -------
+    Model
+        The tiles' components; background and samples are the caller's.
+    """
+    dev = model.C.device
+    owner = torch.full((model.K,), len(tiles), dtype=torch.long, device=dev)
+    for i, tile in enumerate(tiles):
+        owner[tile.own] = i
+    model.ids = torch.arange(model.K, device=dev)
+    refined, n_merged = [], 0
+    for i, tile in enumerate(tiles):
+        t0 = time.perf_counter()
+        local, consumed = refine_tile(i, tile, owner, refined)
+        if consumed:
+            owner[torch.as_tensor(consumed, device=dev)] = -1
+        n_merged = _renumber(local, n_merged)
+        refined.append(local)
+        r = tile.read
+        log_step(what, f"tile {i + 1}/{len(tiles)} ({r.dims[0]}x{r.dims[1]} px read)",
+                 time.perf_counter() - t0, local.K)
+    out = _cat(refined, model)
+    if cfg["merge"]["do_merge"]:
+        tile_of = torch.cat([torch.full((m.K,), i, device=dev) for i, m in enumerate(refined)])
+        _merge_across(out, tile_of, cfg, p)
+    out.merged_ROIs = expand_merged(out.merged_ROIs)
+    out.ids = None
+    return out
+
+
 def refine_tiled(mm, model, cfg, p=None):
     """The background and traces refitted, then CaImAn's refit
     (:func:`.engine.refine`), reading an on-disk movie about once; see the
@@ -369,29 +419,10 @@ def refine_tiled(mm, model, cfg, p=None):
         mt.release()
         return model
 
-    dev = mm.device
-    owner = torch.full((model.K,), len(tiles), dtype=torch.long, device=dev)
-    for i, tile in enumerate(tiles):
-        owner[tile.own] = i
-    model.ids = torch.arange(model.K, device=dev)
     b = model.b.clone()
-    refined, n_merged = [], 0
-    for i, tile in enumerate(tiles):
-        t0 = time.perf_counter()
-        local, consumed = _refine_tile(mm, tile, model, owner, i, refined, b, samples, cfg, p)
-        if consumed:
-            owner[torch.as_tensor(consumed, device=dev)] = -1
-        n_merged = _renumber(local, n_merged)
-        refined.append(local)
-        log_step("CNMF refit in tiles", f"tile {i + 1}/{len(tiles)} "
-                 f"({tile.region.dims[0]}x{tile.region.dims[1]} px)",
-                 time.perf_counter() - t0, local.K)
-    out = _cat(refined, model)
+    out = sweep(tiles, model, cfg, p, "CNMF refit in tiles",
+                lambda i, tile, owner, refined: _refine_tile(mm, tile, model, owner, i, refined,
+                                                             b, samples, cfg, p))
     out.b = b
-    if cfg["merge"]["do_merge"]:
-        tile_of = torch.cat([torch.full((m.K,), i, device=dev) for i, m in enumerate(refined)])
-        _merge_across(out, tile_of, cfg, p)
-    out.merged_ROIs = expand_merged(out.merged_ROIs)
-    out.ids = None
     out.samples = samples.finish()
     return out
