@@ -329,7 +329,8 @@ class MovieMatrix:
         if A.shape[1] == 0:
             return
         rows = torch.unique(A.coalesce().indices()[0])
-        n = self.cols_per_block * self.dims[0]          # a block's worth, from the budget
+        # a quarter of a read block's rows: the tile already holds most of the budget
+        n = max(1, self.cols_per_block * self.dims[0] // 4)
         for r0 in range(0, rows.numel(), n):
             r = rows[r0:r0 + n]
             self._src[r] -= fp.matmul(fp.rows(A, r), C)
