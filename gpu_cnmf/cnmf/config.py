@@ -15,6 +15,14 @@ from ..params import default_gsiz
 
 GROUPS = ("data", "patch", "preprocess", "init", "spatial", "temporal", "merge", "quality")
 
+MEDW = (3, 3)   # the median filter's window before a footprint is thresholded
+
+
+def structure_3x3():
+    """The 3x3 closing (``se``) and connectivity (``ss``) structure CaImAn
+    uses when none is given."""
+    return np.ones((3, 3), dtype=np.uint8)
+
 
 def fit_config(params):
     """Plain-dict snapshot of the groups a fit reads, with CaImAn's fit-time
@@ -32,11 +40,11 @@ def fit_config(params):
     cfg = {g: copy.deepcopy(params.get_group(g)) for g in GROUPS}
     s = cfg["spatial"]
     if s["medw"] is None:
-        s["medw"] = (3, 3)
+        s["medw"] = MEDW
     if s["se"] is None:
-        s["se"] = np.ones((3, 3), dtype=np.uint8)
+        s["se"] = structure_3x3()
     if s["ss"] is None:
-        s["ss"] = np.ones((3, 3), dtype=np.uint8)
+        s["ss"] = structure_3x3()
     ini = cfg["init"]
     if ini["gSiz"] is None:
         ini["gSiz"] = default_gsiz(ini["gSig"])

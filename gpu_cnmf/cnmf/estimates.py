@@ -499,7 +499,7 @@ class Estimates:
             raise ParameterError("threshold_spatial_components: no footprints A")
         if not 0 <= float(maxthr) <= 1:
             raise ParameterError(f"maxthr: expected a fraction in [0, 1], got {maxthr!r}")
-        At = threshold_components(fp.from_scipy(self.A, "cpu"), self.dims, medw=(3, 3),
+        At = threshold_components(fp.from_scipy(self.A, "cpu"), self.dims,
                                   thr_method="max", maxthr=float(maxthr), extract_cc=True)
         self.A_thr = fp.to_scipy(At)
         return self

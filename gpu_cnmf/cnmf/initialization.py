@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
+from ..params import default_gsiz
 from .background import nmf_hals
 from .hals import color_groups, group_columns, hals_rows
 from .morphology import crop_map, dilate, from_images, to_images
@@ -435,8 +436,8 @@ def initialize(stats, dims, K, nb, *, method_init="greedy_roi", gSig=(5, 5), gSi
                                          update_A=False)
     else:
         if method_init == "greedy_roi":
+            gSiz = default_gsiz(gSig) if gSiz is None else gSiz
             gSig = [float(s) / ssub for s in gSig]
-            gSiz = [2 * s * ssub + 1 for s in gSig] if gSiz is None else gSiz
             gSiz = [max(3, int(round(float(s) / ssub))) for s in gSiz]
             # activity, not slow drift (bleaching), is what the search looks for
             window = max(1, int(round(rolling_length / stats.tsub)))

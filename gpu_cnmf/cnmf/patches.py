@@ -317,7 +317,7 @@ def fit_patches(images, cfg, device, n_processes=1, mm_full=None, dview=None,
     P = cfg["patch"]
     mm = mm_full if mm_full is not None else MovieMatrix(images, device)
     d1, d2 = mm.dims
-    d, T = mm.d, mm.T
+    T = mm.T
     regions = patch_regions((d1, d2), P["rf"], P["stride"])
     models = _patch_models(images, regions, cfg, device, n_processes, dview=dview)
     model, Bmask, patch_id, centrality = place_patches(regions, models, (d1, d2), T, device,

@@ -26,11 +26,11 @@ components are reported so the caller drops them.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..errors import ParameterError
 from . import footprints as fp
+from .config import MEDW, structure_3x3
 from .hals import color_groups, hals_rows, hals_sparse_rows, lookup, pack_rows
 from .morphology import (closing, crop_apply, diamond, dilate, largest_component, median_filter,
                          reconstruct_from_peak, structure)
@@ -129,7 +129,7 @@ def ellipse_supports(pix, comp, w, K, dims, dist=3.0):
     return keys % (d1 * d2), keys // (d1 * d2)
 
 
-def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
+def threshold_components(A, dims, medw=MEDW, thr_method="nrg", maxthr=0.1,
                          nrgthr=0.9999, extract_cc=True, se=None, ss=None, peak_path=None):
     """CaImAn's footprint post-processing, batched over components.
 
@@ -161,9 +161,9 @@ def threshold_components(A, dims, medw=(3, 3), thr_method="nrg", maxthr=0.1,
     if K == 0:
         return A
     dev = A.device
-    medw = (3, 3) if medw is None else tuple(int(x) for x in medw)
-    se_t = structure(np.ones((3, 3)) if se is None else se, dev)
-    ss_t = structure(np.ones((3, 3)) if ss is None else ss, dev)
+    medw = MEDW if medw is None else tuple(int(x) for x in medw)
+    se_t = structure(structure_3x3() if se is None else se, dev)
+    ss_t = structure(structure_3x3() if ss is None else ss, dev)
     if thr_method not in ("nrg", "max"):
         raise ParameterError(f"thr_method: expected 'nrg' or 'max', got {thr_method!r}")
     pad = max(max(medw), max(se_t.shape), max(ss_t.shape)) // 2 + 2
@@ -282,7 +282,7 @@ def _overlaps(idx, K, d, b_mask, nb):
 def update_spatial(mm, A, b, C, f, sn, *, method_exp="dilate", dist=3.0, expandCore=None,
                    method_ls="lasso_lars", normalize_yyt_one=True,
                    update_background_components=True, thr_method="nrg", maxthr=0.1,
-                   nrgthr=0.9999, extract_cc=True, medw=(3, 3), se=None, ss=None,
+                   nrgthr=0.9999, extract_cc=True, medw=MEDW, se=None, ss=None,
                    b_mask=None, yy=None, n_iter=SPATIAL_ITERS):
     """One spatial update (one pass over the movie for ``Y [C; f]'``).
 
