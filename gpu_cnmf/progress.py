@@ -70,3 +70,15 @@ def log_step(stage: str, step: str, seconds: float, n_components: int | None = N
     whole-field updates of CNMF): ``stage: step done in s (K components)``."""
     extra = "" if n_components is None else f" ({n_components} components)"
     log.info("%s: %s done in %.1f s%s", stage, step, seconds, extra)
+
+
+def tick(timings: dict, name: str, t0: float, stage: str | None = None,
+         n_components: int | None = None) -> float:
+    """Add the seconds since ``t0`` to ``timings[name]``, with a
+    :func:`log_step` line when ``stage`` is given; returns the time now
+    (the next step's ``t0``)."""
+    dt = time.perf_counter() - t0
+    timings[name] = timings.get(name, 0.0) + dt
+    if stage:
+        log_step(stage, name, dt, n_components)
+    return time.perf_counter()

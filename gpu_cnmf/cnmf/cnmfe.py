@@ -43,7 +43,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import ParameterError
-from ..progress import log_step
+from ..progress import tick
 from . import footprints as fp
 from .corr_pnr import check_parameters, initialize_corr_pnr
 from .dispatch import map_patches, movie_handle
@@ -73,14 +73,6 @@ def _geometry(cfg):
                                   ini["ring_size_factor"], ini["ssub_B"], ini["init_iter"],
                                   ini["seed_method"], ini["nb"])
     return gSig, gSiz, ring_radius(gSiz, ini["ring_size_factor"]), int(round(float(ini["ssub_B"])))
-
-
-def _tick(timings, name, t0, K=None):
-    dt = time.perf_counter() - t0
-    timings[name] = timings.get(name, 0.0) + dt
-    if K is not None:   # whole-field steps (a patch's are not logged, the patches' bar is)
-        log_step("CNMF-E on the whole field", name, dt, K)
-    return time.perf_counter()
 
 
 def fit_cnmfe_fov(mm, cfg, device, Ain=None, only_init=False, p=None, n_rounds=N_ROUNDS):
@@ -131,7 +123,7 @@ def fit_cnmfe_fov(mm, cfg, device, Ain=None, only_init=False, p=None, n_rounds=N
     sn = estimate_noise(Y, noise_range=tuple(pre["noise_range"]), noise_method=pre["noise_method"],
                         max_num_samples_fft=pre["max_num_samples_fft"])
     sn = torch.as_tensor(sn, device=device, dtype=torch.float32)
-    t0 = _tick(timings, "preprocess", t0)
+    t0 = tick(timings, "preprocess", t0)
     empty_b, empty_f = Y.new_zeros((d, 0)), Y.new_zeros((0, T))
     if Ain is None:
         A, C, ring, extra = initialize_corr_pnr(
@@ -151,35 +143,35 @@ def fit_cnmfe_fov(mm, cfg, device, Ain=None, only_init=False, p=None, n_rounds=N
             _, C, _, _ = hals_refine(subtract_background(ring, Y, A, C), dims, A, C, empty_b,
                                      empty_f, maxIter=5, update_A=False)
         extra = dict(Cn=None, pnr=None)
-    t0 = _tick(timings, "init", t0)
+    t0 = tick(timings, "init", t0)
     extra["Ymean"] = Y.mean(1)
     model = Model(A=A, C=C, b=empty_b, f=empty_f, sn=sn)
     if only_init:
         model.YrA = compute_residuals(RingCorrectedMovie(Ymm, A, C, ring), A, empty_b, C, empty_f)
-        _tick(timings, "residuals", t0)
+        tick(timings, "residuals", t0)
     else:
         for it in range(max(1, int(n_rounds))):
             if it:       # the first round uses the initialisation's ring
                 ring = fit_ring(Y, model.A, model.C, dims, radius, ssub_B)
-                t0 = _tick(timings, "background", t0)
+                t0 = tick(timings, "background", t0)
             mc = RingCorrectedMovie(Ymm, model.A, model.C, ring)
             spatial_step(mc, model, cfg)
-            t0 = _tick(timings, "spatial", t0)
+            t0 = tick(timings, "spatial", t0)
             temporal_step(mc, model, cfg, p)
-            t0 = _tick(timings, "temporal", t0)
+            t0 = tick(timings, "temporal", t0)
             mc.release()
             if cfg["merge"]["do_merge"] and it < int(n_rounds) - 1:
                 merge_step(model, cfg, p)
-                t0 = _tick(timings, "merge", t0)
+                t0 = tick(timings, "merge", t0)
         # the final background for the final components (what W and b0 describe)
         ring = fit_ring(Y, model.A, model.C, dims, radius, ssub_B)
-        t0 = _tick(timings, "background", t0)
+        t0 = tick(timings, "background", t0)
     if nb > 0:
         from .background import nmf_hals
         B = Y - subtract_background(ring, Y, model.A, model.C)
         model.b, model.f = nmf_hals(B.clamp_min(0), nb)
         del B
-        _tick(timings, "background", t0)
+        tick(timings, "background", t0)
     model.timings = timings
     model.timings["total"] = time.perf_counter() - t_all
     return model, ring, extra
@@ -414,7 +406,7 @@ def fit_cnmfe_patches(images, mm, cfg, device, n_processes=1, dview=None, refine
     if mm.exclude is not None:       # read as zero on the whole field
         Ymean = imgs["Ymean"] = Ymean * mm.exclude
     resolve_duplicates(model, patch_id, centrality, cfg)
-    t0 = _tick(timings, "combine", t0)
+    t0 = tick(timings, "combine", t0)
     if nb > 0:
         model.b, AtY = background_and_AtY(mm, model.A, model.b, model.C, model.f,
                                           model.b_mask)

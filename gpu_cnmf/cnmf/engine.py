@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from ..progress import log_step
+from ..progress import tick
 from . import footprints as fp
 from .initialization import initialize
 from .merging import find_merges, merge_rank1
@@ -74,11 +74,9 @@ class Model:
 def _tick(model, name, t0, device, log=False):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
-    model.timings[name] = model.timings.get(name, 0.0) + dt
-    if log:
-        log_step("CNMF on the whole field", name, dt, model.K)
-    return time.perf_counter()
+    if not log:
+        return tick(model.timings, name, t0)
+    return tick(model.timings, name, t0, "CNMF on the whole field", model.K)
 
 
 def temporal_kwargs(cfg, p=None):

@@ -213,6 +213,14 @@ def rows(A, index):
     return coo(idx, A.values()[keep], (index.numel(), A.shape[1]))
 
 
+def embed(A, index, d):
+    """The inverse of :func:`rows`: footprints on a piece's pixels put on
+    ``d`` pixels, row ``i`` going to ``index[i]`` (sparse ``A``)."""
+    A = A.coalesce()
+    pix, comp = A.indices()
+    return coo(torch.stack([index[pix], comp]), A.values(), (d, A.shape[1]))
+
+
 def to_scipy(A):
     """Host ``scipy.sparse.csc_matrix`` (float32) without densifying."""
     if not is_sparse(A):

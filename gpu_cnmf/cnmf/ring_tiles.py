@@ -42,14 +42,14 @@ import torch
 
 from ..backend import memory_budget
 from ..evaluation.spatial import MovieSamples
-from ..progress import log_step
+from ..progress import tick
 from . import footprints as fp
 from .engine import merge_step, spatial_step, temporal_step
 from .products import MovieMatrix, Region
 from .ring_model import RingModel, ring_fluctuation
 from .ring_movie import CHUNK_COPIES, FilteredRingMovie
-from .tiles import _COPIES, _core_rows, _kept, _local, _sample, _touching, _whole_field, \
-    plan_tiles, sweep
+from .tiles import _COPIES, _core_rows, _kept, _local, _sample, _touching, plan_tiles, \
+    reaching, sweep
 
 # Components filtered by the ring at once (a dense region x batch block).
 _FILTER_BATCH = 64
@@ -70,26 +70,17 @@ def run_rounds(movie_for, model, cfg, rounds, timings, log=None):
     ``Y - B`` for the current components; ``model`` is updated in place.
     ``log``: the name of the log lines (None: no lines)."""
     t0 = time.perf_counter()
-
-    def tick(name):
-        nonlocal t0
-        dt = time.perf_counter() - t0
-        timings[name] = timings.get(name, 0.0) + dt
-        if log:
-            log_step(log, name, dt, model.K)
-        t0 = time.perf_counter()
-
     for spatial, merge in rounds:
         mc = movie_for(model)
         if spatial:
             spatial_step(mc, model, cfg)
-            tick("spatial")
+            t0 = tick(timings, "spatial", t0, log, model.K)
         temporal_step(mc, model, cfg)
-        tick("temporal")
+        t0 = tick(timings, "temporal", t0, log, model.K)
         mc.release()
         if merge and cfg["merge"]["do_merge"]:
             merge_step(model, cfg)
-            tick("merge")
+            t0 = tick(timings, "merge", t0, log, model.K)
     return model
 
 
@@ -146,14 +137,6 @@ def filter_footprints(lring, A, rows):
     return fp.cat(*parts)
 
 
-def _embed(A, rows, d):
-    """Footprints on a region's pixels put on its read region's ``d`` pixels
-    (``rows``: where the region's pixels are there)."""
-    A = A.coalesce()
-    pix, comp = A.indices()
-    return fp.coo(torch.stack([rows[pix], comp]), A.values(), (d, A.shape[1]))
-
-
 def filtered_movie(src, lring, rows, budget):
     """``Z = (I - W) Y`` on the rows ``rows`` of the piece ``src`` reads,
     centred in time, from one read of the piece, frame chunk by frame
@@ -192,20 +175,6 @@ def filtered_movie(src, lring, rows, budget):
 # --------------------------------------------------------------------------
 # one tile
 
-def _fixed(model, index, later, refined):
-    """Footprints (on the pixels ``index``) and traces of the components
-    fixed while a tile is fitted: the refined ones of earlier tiles and
-    those of later tiles that reach it (``later``: (K,) bool) but are not
-    fitted there."""
-    As, Cs = [fp.rows(fp.select(model.A, later), index)], [model.C[later]]
-    for m in refined:
-        A = fp.rows(m.A, index)
-        hit = fp.nonempty(A)
-        As.append(fp.select(A, hit))
-        Cs.append(m.C[hit])
-    return fp.cat(*As), torch.cat(Cs, 0)
-
-
 def _ring_tile(mm, tile, model, ring, owner, i, refined, Ymean, samples, cfg, rounds,
                budget):
     """Tile ``i`` (see the module docstring): its own components refined
@@ -225,7 +194,10 @@ def _ring_tile(mm, tile, model, ring, owner, i, refined, Ymean, samples, cfg, ro
     own = owner == i
     fitted = own | ((owner > i) & _touching(model.A, index))
     later = (owner > i) & ~fitted & _touching(model.A, read_index)
-    A_f, C_f = _fixed(model, read_index, later, refined)
+    # fixed while the tile is fitted: later tiles' components that reach the
+    # read region but are not fitted here, and earlier tiles' refined ones
+    A_f, C_f = reaching(read_index, [(fp.select(model.A, later), model.C[later])]
+                        + [(m.A, m.C) for m in refined])
     # the fixed components leave the data: Y - B - A_f C_f on the region
     G_f = filter_footprints(lring, A_f, rows)
     A_fr = fp.rows(A_f, rows)
@@ -237,7 +209,7 @@ def _ring_tile(mm, tile, model, ring, owner, i, refined, Ymean, samples, cfg, ro
     step = max(1, int(left - Z.numel() * 4) // (CHUNK_COPIES * 4 * Z.shape[0]))
 
     def movie_for(m):
-        G = filter_footprints(lring, _embed(m.A, rows, tile.read.dims[0] * tile.read.dims[1]),
+        G = filter_footprints(lring, fp.embed(m.A, rows, tile.read.dims[0] * tile.read.dims[1]),
                               rows)
         return FilteredRingMovie(Z, tile.region.dims, m.A, m.C, G, step)
 
@@ -247,7 +219,7 @@ def _ring_tile(mm, tile, model, ring, owner, i, refined, Ymean, samples, cfg, ro
     local.select(keep)
     local.merged_ROIs = groups
     _sample(samples, final, local.A, local.C, index, (A_fr, C_f))
-    local.A = _whole_field(local.A, index, mm.d)
+    local.A = fp.embed(local.A, index, mm.d)
     local.b = local.f = None
     return local, consumed
 

@@ -160,19 +160,20 @@ def _touching(A, index):
     return fp.nonempty(fp.rows(A, index))
 
 
-def _refined_neighbours(index, refined):
-    """Footprints (on the tile's pixels) and traces of the refined tiles'
-    components that reach into it."""
-    d = index.numel()
+def reaching(index, parts):
+    """Footprints (on the pixels ``index``) and traces of the components of
+    ``parts`` (``(A, C)`` pairs on the whole field) that reach those
+    pixels: what a tile subtracts or holds fixed."""
     As, Cs = [], []
-    for m in refined:
-        A = fp.rows(m.A, index)
+    for A, C in parts:
+        A = fp.rows(A, index)
         hit = fp.nonempty(A)
         As.append(fp.select(A, hit))
-        Cs.append(m.C[hit])
+        Cs.append(C[hit])
     if not As:
         dev = index.device
-        return fp.to_sparse(torch.zeros((d, 0), device=dev)), torch.zeros((0, 0), device=dev)
+        return (fp.to_sparse(torch.zeros((index.numel(), 0), device=dev)),
+                torch.zeros((0, 0), device=dev))
     return fp.cat(*As), torch.cat(Cs, 0)
 
 
@@ -224,13 +225,6 @@ def _renumber(local, offset):
     n = int(neg.sum())
     local.ids[neg] = -1 - torch.arange(offset, offset + n, device=local.ids.device)
     return offset + n
-
-
-def _whole_field(A, index, d):
-    """Footprints on a tile's pixels put back on the whole field."""
-    A = A.coalesce()
-    pix, comp = A.indices()
-    return fp.coo(torch.stack([index[pix], comp]), A.values(), (d, A.shape[1]))
 
 
 def _core_rows(tile):
@@ -309,7 +303,7 @@ def _refine_tile(mm, tile, model, owner, i, refined, b, samples, cfg, p):
     dev, d1 = mm.device, mm.full_dims[0]
     index = torch.as_tensor(tile.region.pixel_index(d1), device=dev)
     mt = mm.load(tile.region)
-    neighbours = _refined_neighbours(index, refined)
+    neighbours = reaching(index, [(m.A, m.C) for m in refined])
     mt.subtract(*neighbours)
     own = owner == i
     local = _local(model, own | ((owner > i) & _touching(model.A, index)), index)
@@ -325,7 +319,7 @@ def _refine_tile(mm, tile, model, owner, i, refined, b, samples, cfg, p):
     local.select(keep)
     local.merged_ROIs = groups
     _sample(samples, mt, local.A, local.C, index, neighbours)
-    local.A = _whole_field(local.A, index, mm.d)
+    local.A = fp.embed(local.A, index, mm.d)
     local.b = local.f = None
     mt.release()
     return local, consumed

@@ -201,10 +201,10 @@ def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5
     n_act = act.sum(1)
     W = act.to(torch.float32) / n_act.clamp_min(1)[:, None]        # (K, T)
 
+    W_np = to_numpy(W)
     M = np.zeros(len(pix), dtype=np.float64)
     todo = np.ones(len(pix), dtype=bool)
     if samples is not None:
-        W_np = to_numpy(W)
         bounds = np.searchsorted(comp, np.arange(K + 1))
         for k in range(K):
             e = slice(bounds[k], bounds[k + 1])
@@ -217,16 +217,15 @@ def spatial_correlation(images, A, C, b=None, f=None, dims=None, Npeaks: int = 5
         p, c = pix[todo], comp[todo]
         Yr = _pixel_rows(images)
         if Yr is not None:
-            M[todo] = _support_means_rows(Yr, p, c, to_numpy(W))
+            M[todo] = _support_means_rows(Yr, p, c, W_np)
         else:
             M[todo] = _support_means_frames(images, p, c, W, device, chunk_frames)
 
-    W_h = to_numpy(W).astype(np.float64)
     if b is not None and f is not None and np.size(b) and np.size(f):
         b = np.asarray(b.toarray() if sp.issparse(b) else b, dtype=np.float64)
         b = b.reshape(A.shape[0], -1)
         f = np.asarray(f, dtype=np.float64).reshape(b.shape[1], -1)
-        fW = f @ W_h.T                                               # (nb, K)
+        fW = f @ W_np.astype(np.float64).T                           # (nb, K)
         M -= np.einsum("ek,ke->e", b[pix], fW[:, comp])
     res = M
 
